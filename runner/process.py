@@ -1,0 +1,326 @@
+"""One llama-server child process, as an explicit state machine.
+
+    stopped ──start()──▶ starting ──/health 200──▶ ready ──stop()──▶ stopping ──▶ stopped
+                             │                       │
+                             └──exit / timeout──▶ failed ◀──unexpected exit──┘
+
+The child listens on 127.0.0.1 at an ephemeral port and accepts only its own random API key.
+It lives in its own process group (so a stop reaches anything it spawned) and is sent SIGKILL
+by the kernel if the gateway dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the gateway
+leaves no runner behind. Every exit is reaped by the watcher task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_STDERR_LINES = 40
+_HEALTH_POLL = 0.05
+_PORT_ATTEMPTS = 3
+
+
+class RunnerState(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+_ALLOWED: dict[RunnerState, frozenset[RunnerState]] = {
+    RunnerState.STOPPED: frozenset({RunnerState.STARTING}),
+    RunnerState.STARTING: frozenset(
+        {RunnerState.READY, RunnerState.FAILED, RunnerState.STOPPING}
+    ),
+    RunnerState.READY: frozenset({RunnerState.STOPPING, RunnerState.FAILED}),
+    RunnerState.STOPPING: frozenset({RunnerState.STOPPED}),
+    RunnerState.FAILED: frozenset(),
+}
+
+
+class RunnerStartError(RuntimeError):
+    """The runner did not become healthy; the message carries its last output lines."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything that shapes a runner; two requests with equal specs can share one."""
+
+    model: str
+    model_path: Path
+    ctx_size: int
+    parallel: int
+    gpu_layers: int | str = "auto"
+    threads: int | None = None
+    embeddings: bool = False
+    extra_args: tuple[str, ...] = ()
+
+
+def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
+    """The llama-server command line; flags appear only when they carry a choice."""
+    argv = [
+        str(binary),
+        "--model", str(spec.model_path),
+        "--alias", spec.model,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--ctx-size", str(spec.ctx_size),
+        "--parallel", str(spec.parallel),
+    ]
+    if spec.gpu_layers != "auto":
+        argv += ["--n-gpu-layers", str(spec.gpu_layers)]
+    if spec.threads is not None:
+        argv += ["--threads", str(spec.threads)]
+    if spec.embeddings:
+        argv.append("--embeddings")
+    argv += spec.extra_args
+    return argv
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec hook: SIGKILL this child when the gateway dies, even by ``kill -9``."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to load in the child
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+class RunnerProcess:
+    """A llama-server child for one :class:`LaunchSpec`; not restartable once stopped."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        binary: Path,
+        variant: str,
+        env: dict[str, str],
+        load_timeout: float,
+        stop_timeout: float,
+        on_exit: Callable[[RunnerProcess], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.binary = binary
+        self.variant = variant
+        self.api_key = secrets.token_urlsafe(24)
+        self.port = 0
+        self.load_seconds = 0.0
+        self.started_at = 0.0
+        self.output: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._env = {**env, "LLAMA_API_KEY": self.api_key}
+        self._load_timeout = load_timeout
+        self._stop_timeout = stop_timeout
+        self._on_exit = on_exit
+        self._state = RunnerState.STOPPED
+        self._proc: asyncio.subprocess.Process | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def state(self) -> RunnerState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+    def _transition(self, new: RunnerState) -> None:
+        if new not in _ALLOWED[self._state]:
+            raise RuntimeError(f"runner {self.spec.model}: {self._state.value} -> {new.value}")
+        self._state = new
+
+    async def start(self) -> None:
+        """Spawn and wait for /health; raises :class:`RunnerStartError` with the child's output."""
+        self._transition(RunnerState.STARTING)
+        started = time.monotonic()
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = free_port()
+            await self._spawn()
+            try:
+                await self._wait_healthy(started + self._load_timeout)
+            except RunnerStartError:
+                # Another process can take the port between our probe and the child's bind;
+                # that one failure is worth another port, anything else is not.
+                if attempt + 1 < _PORT_ATTEMPTS and self._lost_port_race():
+                    log.info("runner %s: port %d taken, retrying", self.spec.model, self.port)
+                    self.output.clear()
+                    continue
+                raise
+            break
+        self.load_seconds = time.monotonic() - started
+        self.started_at = time.time()
+        self._transition(RunnerState.READY)
+        log.info(
+            "runner start: model=%s pid=%s variant=%s port=%d load=%.2fs",
+            self.spec.model, self.pid, self.variant, self.port, self.load_seconds,
+        )
+
+    def _lost_port_race(self) -> bool:
+        return self.returncode is not None and any(
+            "bind" in line.lower() or "address already in use" in line.lower()
+            for line in self.output
+        )
+
+    async def _spawn(self) -> None:
+        argv = build_argv(self.binary, self.spec, self.port)
+        log.debug("runner %s: exec %s", self.spec.model, " ".join(argv))
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        except OSError as exc:
+            self._fail()
+            raise RunnerStartError(f"cannot execute {argv[0]}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        self._exited = loop.create_future()
+        self._spawn_task(self._pump_output(self._proc))
+        self._spawn_task(self._watch(self._proc, self._exited))
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        # Drained to EOF always: a full pipe would block the child mid-generation.
+        assert proc.stdout is not None
+        name = self.spec.model
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:  # a line over the stream limit; keep draining
+                raw = await proc.stdout.read(1 << 16)
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.output.append(line)
+            log.debug("[%s] %s", name, line)
+
+    async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
+        code = await proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything it left in its group
+        if not exited.done():
+            exited.set_result(code)
+        if self._state is RunnerState.READY:
+            log.warning(
+                "runner exit: model=%s pid=%d code=%d (unexpected)%s",
+                self.spec.model, proc.pid, code, self._last_lines(),
+            )
+            self._fail()
+            if self._on_exit is not None:
+                self._on_exit(self)
+
+    async def _wait_healthy(self, deadline: float) -> None:
+        assert self._exited is not None
+        url = f"{self.base_url}/health"
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                if self._exited.done():
+                    code = self._exited.result()
+                    self._fail()
+                    raise RunnerStartError(
+                        f"llama-server for {self.spec.model} exited with code {code} while "
+                        f"loading{self._last_lines()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    await self._kill()
+                    self._fail()
+                    raise RunnerStartError(
+                        f"llama-server for {self.spec.model} did not become healthy within "
+                        f"{self._load_timeout:.0f}s{self._last_lines()}"
+                    )
+                await asyncio.wait({self._exited}, timeout=min(_HEALTH_POLL, remaining))
+
+    def _fail(self) -> None:
+        # Failure is reachable from any live state, so it bypasses the transition table.
+        self._state = RunnerState.FAILED
+
+    def _last_lines(self, count: int = 12) -> str:
+        lines = list(self.output)[-count:]
+        return (":\n  " + "\n  ".join(lines)) if lines else ""
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    async def _kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        if self._exited is not None:
+            await asyncio.wait({self._exited}, timeout=5.0)
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after the grace period; returns once the child is reaped."""
+        if self._state in (RunnerState.STOPPING, RunnerState.STOPPED):
+            if self._exited is not None:
+                await asyncio.wait({self._exited}, timeout=self._stop_timeout + 5.0)
+            return
+        clean = self._state is not RunnerState.FAILED
+        if clean:
+            self._transition(RunnerState.STOPPING)
+        uptime = time.time() - self.started_at if self.started_at else 0.0
+        if self._exited is not None and not self._exited.done():
+            self._signal(signal.SIGTERM)
+            done, _ = await asyncio.wait({self._exited}, timeout=self._stop_timeout)
+            if not done:
+                log.warning("runner %s: no exit %.0fs after SIGTERM, killing",
+                            self.spec.model, self._stop_timeout)
+                await self._kill()
+        if clean:
+            self._transition(RunnerState.STOPPED)
+        for task in list(self._tasks):
+            if not task.done():
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=1.0)
+        log.info("runner stop: model=%s pid=%s variant=%s uptime=%.1fs",
+                 self.spec.model, self.pid, self.variant, uptime)

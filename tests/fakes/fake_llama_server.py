@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""A stand-in for llama-server that misbehaves on purpose (fault injection only).
+
+Accepts llama-server's flags and one of its own, ``--fake-mode``:
+  ok               healthy; canned chat completions, streamed in 3 chunks
+  exit             prints an error and exits 3 at once
+  hang             /health answers 503 forever
+  crash-mid-stream sends one chunk of a stream, then dies with SIGKILL
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--alias", default="fake")
+    parser.add_argument("--fake-mode", default="ok")
+    args, _ = parser.parse_known_args()
+    print(f"fake llama-server mode={args.fake_mode} port={args.port}", flush=True)
+    if args.fake_mode == "exit":
+        print("error: failed to load model 'nowhere.gguf'", flush=True)
+        sys.exit(3)
+    key = os.environ.get("LLAMA_API_KEY", "")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def _json(self, status: int, obj: object) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                if args.fake_mode == "hang":
+                    self._json(503, {"error": {"code": 503, "message": "Loading model"}})
+                else:
+                    self._json(200, {"status": "ok"})
+            else:
+                self._json(404, {"error": {"code": 404, "message": "not found"}})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.headers.get("Authorization") != f"Bearer {key}":
+                self._json(401, {"error": {"code": 401, "message": "Invalid API Key",
+                                           "type": "authentication_error"}})
+                return
+            base = {"id": "fake", "created": 0, "model": args.alias}
+            if not body.get("stream"):
+                self._json(200, {**base, "object": "chat.completion", "choices": [
+                    {"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "fake reply"}}]})
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i, word in enumerate(["fake ", "stream ", "reply"]):
+                event = {**base, "object": "chat.completion.chunk", "choices": [
+                    {"index": 0, "finish_reason": None, "delta": {"content": word}}]}
+                data = f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                if args.fake_mode == "crash-mid-stream" and i == 0:
+                    time.sleep(0.05)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.01)
+            done = b"data: [DONE]\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+
+    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runner.payloads import Payloads, extract
+from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState, build_argv
+from runner.variants import order_variants, read_cpu_flags
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); reaped means gone from the table entirely.
+    return True
+
+
+@pytest.fixture(scope="module")
+def payloads(tmp_path_factory: pytest.TempPathFactory,
+             real_variants: dict[str, Path]) -> Payloads:
+    tmp = tmp_path_factory.mktemp("payloads")
+    return extract(tmp, tmp / "home")
+
+
+def _spec(model_path: Path, *extra: str) -> LaunchSpec:
+    return LaunchSpec(model="gemma3:270m", model_path=model_path, ctx_size=512, parallel=1,
+                      extra_args=tuple(extra))
+
+
+def _runner(spec: LaunchSpec, binary: Path, load_timeout: float = 120.0) -> RunnerProcess:
+    return RunnerProcess(spec, binary, "test", {"PATH": "/usr/bin:/bin"}, load_timeout, 2.0)
+
+
+@pytest.fixture
+async def real_runner(payloads: Payloads, gemma_path: Path) -> AsyncIterator[RunnerProcess]:
+    variant = order_variants(payloads.variants(), read_cpu_flags())[0]
+    runner = _runner(_spec(gemma_path), payloads.binary(variant))
+    await runner.start()
+    yield runner
+    await runner.stop()
+
+
+def test_build_argv_passes_alias_loopback_and_only_set_flags(tmp_path: Path) -> None:
+    argv = build_argv(tmp_path / "llama-server", _spec(tmp_path / "m.gguf", "--flash-attn", "on"),
+                      4242)
+    assert argv[argv.index("--alias") + 1] == "gemma3:270m"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == "4242"
+    assert "--n-gpu-layers" not in argv and "--threads" not in argv
+    assert argv[-2:] == ["--flash-attn", "on"]
+    assert not any("key" in arg for arg in argv), "the API key must not be visible in ps"
+
+
+async def test_runner_real_llama_server_requires_its_key(real_runner: RunnerProcess) -> None:
+    assert real_runner.state is RunnerState.READY
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with httpx.AsyncClient(base_url=real_runner.base_url, timeout=60) as client:
+        anonymous = await client.post("/v1/chat/completions", json=body)
+        wrong = await client.post("/v1/chat/completions", json=body,
+                                  headers={"Authorization": "Bearer wrong"})
+        right = await client.post("/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {real_runner.api_key}"})
+    assert anonymous.status_code == 401
+    assert wrong.status_code == 401
+    assert right.status_code == 200
+
+
+async def test_runner_stop_reaps_the_child(payloads: Payloads, gemma_path: Path) -> None:
+    variant = order_variants(payloads.variants(), read_cpu_flags())[0]
+    runner = _runner(_spec(gemma_path), payloads.binary(variant))
+    await runner.start()
+    pid = runner.pid
+    assert pid is not None and _alive(pid)
+    await runner.stop()
+    assert runner.state is RunnerState.STOPPED
+    assert runner.returncode is not None
+    assert not _alive(pid)
+
+
+async def test_runner_early_exit_fails_fast_with_its_output(fake_runner: Path,
+                                                            tmp_path: Path) -> None:
+    runner = _runner(_spec(tmp_path / "m.gguf", "--fake-mode", "exit"), fake_runner)
+    with pytest.raises(RunnerStartError, match="code 3") as info:
+        await runner.start()
+    assert "failed to load model" in str(info.value)
+    assert runner.state is RunnerState.FAILED
+    assert runner.load_seconds == 0.0
+
+
+async def test_runner_load_timeout_kills_the_child(fake_runner: Path, tmp_path: Path) -> None:
+    runner = _runner(_spec(tmp_path / "m.gguf", "--fake-mode", "hang"), fake_runner,
+                     load_timeout=1.0)
+    with pytest.raises(RunnerStartError, match="did not become healthy within 1s"):
+        await runner.start()
+    assert runner.returncode is not None, "a timed-out runner must be killed and reaped"
+
+
+async def test_runner_missing_binary_is_a_start_error(tmp_path: Path) -> None:
+    runner = _runner(_spec(tmp_path / "m.gguf"), tmp_path / "no-such-binary")
+    with pytest.raises(RunnerStartError, match="cannot execute"):
+        await runner.start()
+
+
+async def test_runner_unexpected_exit_is_reported(fake_runner: Path, tmp_path: Path) -> None:
+    exits: list[RunnerProcess] = []
+    runner = RunnerProcess(_spec(tmp_path / "m.gguf"), fake_runner, "test",
+                           {"PATH": "/usr/bin:/bin"}, 30.0, 2.0, exits.append)
+    await runner.start()
+    assert runner.pid is not None
+    os.kill(runner.pid, 9)
+    for _ in range(100):
+        if exits:
+            break
+        import asyncio
+        await asyncio.sleep(0.02)
+    assert exits == [runner]
+    assert runner.state is RunnerState.FAILED
+    await runner.stop()  # stopping a failed runner is a no-op that still returns
