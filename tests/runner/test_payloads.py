@@ -109,7 +109,7 @@ def test_is_noexec_reads_the_mount_flags(monkeypatch: pytest.MonkeyPatch, flags:
     class FakeStat:
         f_flag = flags
 
-    monkeypatch.setattr(payloads_mod.os, "statvfs", lambda path: FakeStat())
+    monkeypatch.setattr(os, "statvfs", lambda path: FakeStat())
     assert payloads_mod.is_noexec(Path("/anywhere")) is expected
 
 

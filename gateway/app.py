@@ -1,0 +1,49 @@
+"""The ASGI application: ``create_app(settings)`` and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from gateway import chat, health, models
+from gateway.access_log import AccessLog
+from gateway.errors import EXCEPTION_HANDLERS
+from gateway.upstream import UpstreamPool
+from runner.payloads import extract, find_system_binary
+from runner.scheduler import Scheduler
+from runner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The gateway; runners are extracted at startup and all stopped and removed at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        system_binary = find_system_binary(settings.llama_server)
+        payloads = extract(settings.tmpdir, settings.home, system_binary)
+        scheduler = Scheduler(settings, payloads)
+        upstream = UpstreamPool()
+        app.state.settings = settings
+        app.state.scheduler = scheduler
+        app.state.upstream = upstream
+        log.info("runner variants for this machine, best first: %s",
+                 ", ".join(scheduler.variants()) or "none")
+        try:
+            yield
+        finally:
+            await scheduler.close()
+            upstream.close()
+            payloads.cleanup()
+
+    return Starlette(
+        routes=[*chat.routes, *models.routes, *health.routes],
+        middleware=[Middleware(AccessLog)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )

@@ -1,0 +1,36 @@
+"""GET /v1/models and /v1/models/{id}: the models clients may name."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.errors import APIError
+from gateway.responses import JSONBytes
+
+_CREATED = int(time.time())
+
+
+def _entry(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "switchboard"}
+
+
+async def list_models(request: Request) -> Response:
+    names = request.app.state.settings.models
+    return JSONBytes({"object": "list", "data": [_entry(name) for name in names]})
+
+
+async def get_model(request: Request) -> Response:
+    name = request.path_params["model"]
+    if request.app.state.settings.resolve_model(name) is None:
+        raise APIError(404, f"model '{name}' not found", param="model", code="model_not_found")
+    return JSONBytes(_entry(name))
+
+
+routes = [
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+]

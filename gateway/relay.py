@@ -1,0 +1,156 @@
+"""Relay one API request to a runner and its response back, bytes as they arrive.
+
+The body goes upstream untouched unless a field had to be removed, and the response comes back
+untouched unless the client named the model by an alias (then ``model`` is rewritten to the name
+it sent) or the runner sent an error (then it is put in OpenAI's shape). A client that goes
+away drops the upstream connection at once, which stops llama-server's generation for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import APIError, error_payload, normalise_error
+from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from runner.process import RunnerStartError
+from runner.scheduler import Lease, ModelNotFoundError, NoRunnerError, Scheduler
+
+log = logging.getLogger(__name__)
+
+_JSON = b"application/json"
+_SSE_ERROR_PREFIX = b'data: {"error"'
+_HOST = "127.0.0.1"
+
+
+def _model_rewriter(lease: Lease) -> tuple[bytes, bytes] | None:
+    if lease.requested == lease.model:
+        return None
+    return (b'"model":' + orjson.dumps(lease.model), b'"model":' + orjson.dumps(lease.requested))
+
+
+def _stream_error_event(message: str) -> bytes:
+    return b"data: " + orjson.dumps(error_payload(message, "server_error")) + b"\n\n"
+
+
+async def _abort_on_disconnect(receive: Receive, upstream: UpstreamResponse) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            upstream.abort()
+            return
+
+
+class Relay:
+    """An ASGI response that leases a runner, forwards the request and streams the answer."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        pool: UpstreamPool,
+        model: str,
+        path: bytes,
+        body: bytes,
+        stream: bool,
+        keep_alive: float | None = None,
+    ) -> None:
+        self._scheduler = scheduler
+        self._pool = pool
+        self._model = model
+        self._path = path
+        self._body = body
+        self._stream = stream
+        self._keep_alive = keep_alive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            lease_cm = self._scheduler.acquire(self._model, keep_alive=self._keep_alive)
+            async with lease_cm as lease:
+                await self._exchange(lease, receive, send)
+        except ModelNotFoundError as exc:
+            raise APIError(404, f"model '{exc.args[0]}' not found", param="model",
+                           code="model_not_found") from exc
+        except (RunnerStartError, NoRunnerError) as exc:
+            log.error("cannot load %s: %s", self._model, exc)
+            raise APIError(503, f"model '{self._model}' failed to load: {exc}") from exc
+
+    async def _exchange(self, lease: Lease, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"Authorization", b"Bearer " + lease.api_key.encode()),
+            (b"Content-Type", _JSON),
+        ]
+        try:
+            upstream = await self._pool.request(
+                _HOST, lease.port, b"POST", self._path, headers, self._body
+            )
+        except UpstreamError as exc:
+            raise APIError(502, f"runner for '{lease.model}' is unavailable: {exc}") from exc
+        watcher = asyncio.create_task(_abort_on_disconnect(receive, upstream))
+        try:
+            if upstream.status >= 400 or not self._stream:
+                await self._send_whole(lease, upstream, send)
+            else:
+                await self._send_stream(lease, upstream, send)
+        finally:
+            watcher.cancel()
+            upstream.release()
+
+    async def _send_whole(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
+        try:
+            body = await upstream.read()
+        except UpstreamError as exc:
+            raise APIError(502, f"runner for '{lease.model}' failed mid-response: {exc}") from exc
+        if upstream.status >= 400:
+            body = normalise_error(body, upstream.status)
+        else:
+            rewrite = _model_rewriter(lease)
+            if rewrite is not None:
+                body = body.replace(*rewrite)
+        content_type = upstream.header(b"content-type") or _JSON
+        await send({
+            "type": "http.response.start",
+            "status": upstream.status,
+            "headers": [(b"content-type", content_type),
+                        (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_stream(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": upstream.status,
+            "headers": [(b"content-type", upstream.header(b"content-type") or b"text/event-stream"),
+                        (b"cache-control", b"no-cache")],
+        })
+        rewrite = _model_rewriter(lease)
+        pending = b""
+        try:
+            async for chunk in upstream.chunks():
+                if rewrite is not None:
+                    # Rewrite whole events only: an event split across reads must not dodge it.
+                    pending += chunk
+                    cut = pending.rfind(b"\n\n") + 2
+                    if cut < 2:
+                        continue
+                    chunk, pending = pending[:cut].replace(*rewrite), pending[cut:]
+                if chunk.startswith(_SSE_ERROR_PREFIX):
+                    chunk = self._normalise_event(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            tail = pending
+        except UpstreamError as exc:
+            if upstream.aborted:
+                log.info("client left mid-stream; cancelled generation on %s", lease.model)
+                return
+            log.warning("stream from runner for %s broke: %s", lease.model, exc)
+            tail = _stream_error_event(f"runner for '{lease.model}' failed mid-stream: {exc}")
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    @staticmethod
+    def _normalise_event(chunk: bytes) -> bytes:
+        event, sep, rest = chunk.partition(b"\n\n")
+        return b"data: " + normalise_error(event[6:], 500) + sep + rest

@@ -1,0 +1,54 @@
+"""Runner faults seen through the gateway, injected with the fake runner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.e2e.server import Served, start_server
+
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("faults")
+    dummy = root / "dummy.gguf"
+    dummy.write_bytes(b"GGUF")
+    models = {
+        "crashy": {"source": str(dummy), "args": ["--fake-mode", "crash-mid-stream"]},
+        "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},
+    }
+    env = {"SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system"}
+    server = start_server(root, models, env)
+    yield server
+    server.stop()
+
+
+def test_runner_crash_mid_stream_ends_with_an_error_event_then_reloads(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        for chunk in client.chat.completions.create(model="crashy", messages=HI, stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+    assert received == ["fake "]
+    # The crashed runner was reaped and left the loaded set: the next request loads anew.
+    reply = httpx.post(f"{served.url}/v1/chat/completions",
+                       json={"model": "crashy", "messages": HI}, timeout=30)
+    assert reply.status_code == 200
+    assert reply.json()["choices"][0]["message"]["content"] == "fake reply"
+    assert served.log_text().count("runner start: model=crashy") == 2
+
+
+def test_runner_that_cannot_load_is_a_clear_503(served: Served) -> None:
+    response = httpx.post(f"{served.url}/v1/chat/completions",
+                          json={"model": "broken", "messages": HI}, timeout=30)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert "failed to load" in error["message"] and "exited with code 3" in error["message"]
+    assert "Traceback" not in response.text

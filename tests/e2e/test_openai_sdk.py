@@ -1,0 +1,129 @@
+"""The walking skeleton as a user meets it: the OpenAI SDK against `switchboard serve`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.e2e.server import Served, cmdline, gemma_models, start_server
+
+HI: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Say hello in one short sentence."}
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
+           real_variants: dict[str, Path]) -> Iterator[Served]:
+    server = start_server(tmp_path_factory.mktemp("served"), gemma_models(gemma_path))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def test_openai_sdk_chat_returns_text(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=24)
+    assert reply.model == "gemma3:270m"
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_openai_sdk_chat_streams_chunk_by_chunk(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gemma3:270m", messages=HI, max_tokens=24, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 3, "a stream must arrive in pieces, not as one body"
+    assert text.strip()
+    assert {c.model for c in chunks} == {"gemma3:270m"}
+
+
+def test_alias_is_echoed_back_as_the_model_the_client_named(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="gemma", messages=HI, max_tokens=4)
+    assert reply.model == "gemma"
+    stream = client.chat.completions.create(model="gemma", messages=HI, max_tokens=4,
+                                            stream=True)
+    assert {c.model for c in stream} == {"gemma"}
+
+
+def test_unknown_model_is_an_openai_404(client: openai.OpenAI, served: Served) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=HI)
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found"
+    raw = httpx.post(f"{served.url}/v1/chat/completions",
+                     json={"model": "no-such-model", "messages": HI}).json()
+    assert set(raw["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [(b"{not json", "not valid JSON"), (b"[]", "JSON object"), (b"", "empty"),
+     (b'{"messages": []}', "'model'"), (b'{"model": "gemma3:270m"}', "'messages'"),
+     (b'{"model": "gemma3:270m", "messages": [{"role":"user","content":"x"}], "stream": "yes"}',
+      "'stream'")],
+)
+def test_malformed_requests_are_openai_400s(served: Served, body: bytes, fragment: str) -> None:
+    response = httpx.post(f"{served.url}/v1/chat/completions", content=body,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert fragment in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_unknown_route_and_method_are_openai_errors(served: Served) -> None:
+    missing = httpx.get(f"{served.url}/v1/nothing-here")
+    assert missing.status_code == 404 and "error" in missing.json()
+    wrong = httpx.get(f"{served.url}/v1/chat/completions")
+    assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_models_lists_the_default_model(client: openai.OpenAI) -> None:
+    assert "gemma3:270m" in [m.id for m in client.models.list()]
+    assert client.models.retrieve("gemma").id == "gemma"
+
+
+def test_health_answers_ok(served: Served) -> None:
+    assert httpx.get(f"{served.url}/health").json() == {"status": "ok"}
+
+
+def test_exactly_one_pid_dir_holds_the_server_pid(served: Served) -> None:
+    dirs = served.pid_dirs()
+    assert len(dirs) == 1
+    assert (dirs[0] / "switchboard.pid").read_text() == str(served.proc.pid)
+
+
+def test_runner_port_refuses_requests_without_its_key(client: openai.OpenAI,
+                                                      served: Served) -> None:
+    client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
+    (runner,) = served.runner_pids()
+    argv = cmdline(runner)
+    port = argv[argv.index("--port") + 1]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                          json={"messages": HI, "max_tokens": 1})
+    assert response.status_code == 401
+    environ = Path(f"/proc/{runner}/environ").read_bytes().split(b"\0")
+    assert any(e.startswith(b"LLAMA_API_KEY=") and len(e) > 30 for e in environ)
+
+
+def test_server_logs_a_line_per_request_and_runner_start(client: openai.OpenAI,
+                                                         served: Served) -> None:
+    client.models.list()
+    log = served.log_text()
+    assert '"GET /v1/models" 200' in log
+    start_lines = [line for line in log.splitlines() if "runner start:" in line]
+    assert len(start_lines) == 1, "the runner loads once and is reused"
+    assert "pid=" in start_lines[0] and "variant=cpu" in start_lines[0]
+    assert "load=" in start_lines[0]

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway.upstream import UpstreamError, UpstreamPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        self._server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[UpstreamPool]:
+    p = UpstreamPool()
+    yield p
+    p.close()
+
+
+def _fixed(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def test_upstream_reuses_a_keep_alive_connection(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            server.requests.append(await _read_request(reader))
+            writer.write(_fixed(b'{"ok":true}'))
+            await writer.drain()
+
+    async with Server(handler) as server:
+        for _ in range(3):
+            response = await pool.request("127.0.0.1", server.port, b"POST", b"/x",
+                                          [(b"Authorization", b"Bearer k")], b"{}")
+            assert response.status == 200
+            assert await response.read() == b'{"ok":true}'
+            response.release()
+        assert server.connections == 1
+        assert b"Authorization: Bearer k" in server.requests[0]
+        assert b"\r\nContent-Length: 2\r\n" in server.requests[0]
+        assert server.requests[0].endswith(b"\r\n\r\n{}")
+
+
+async def test_upstream_retries_a_stale_idle_connection_once(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        # Answer, then close like llama-server does with idle keep-alive connections,
+        # without announcing it in the response.
+        writer.write(_fixed(b"one"))
+        await writer.drain()
+
+    async with Server(handler) as server:
+        first = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        assert await first.read() == b"one"
+        first.release()
+        await asyncio.sleep(0.05)  # the server has closed its end by now
+        second = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        assert await second.read() == b"one"
+        second.release()
+        assert server.connections == 2
+
+
+async def test_upstream_decodes_chunked_bodies_piece_by_piece(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: text/event-stream\r\n\r\n")
+        for piece in (b"data: 1\n\n", b"data: 2\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"{}")
+        assert response.header(b"content-type") == b"text/event-stream"
+        pieces = [chunk async for chunk in response.chunks()]
+        response.release()
+        assert pieces == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_upstream_close_mid_body_raises(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        with pytest.raises(UpstreamError):
+            await response.read()
+        response.release()
+
+
+async def test_upstream_fresh_connection_failure_is_not_retried(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)  # and hang up without a word
+
+    async with Server(handler) as server:
+        with pytest.raises(UpstreamError):
+            await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        assert server.connections == 1
+
+
+async def test_upstream_refused_connection_is_an_upstream_error(pool: UpstreamPool) -> None:
+    async with Server(lambda r, w: asyncio.sleep(0)) as server:
+        port = server.port
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        await pool.request("127.0.0.1", port, b"POST", b"/", [], b"")
+
+
+async def test_upstream_abort_closes_the_connection_promptly(pool: UpstreamPool) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # EOF once the client aborts
+        closed.set()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        chunks = response.chunks()
+        assert await chunks.__anext__() == b"hello"
+        response.abort()
+        await asyncio.wait_for(closed.wait(), 2)
+        response.release()
+        assert response.aborted
