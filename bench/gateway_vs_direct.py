@@ -4,7 +4,10 @@ Starts `switchboard serve`, loads the default model, then alternates identical r
 the gateway and the runner it launched (found through /proc, key read from its environment),
 so both paths see the same machine state. Prints medians and ratios.
 
-    .venv/bin/python -m bench.gateway_vs_direct [--rounds 10] [--tokens 64]
+    .venv/bin/python -m bench.gateway_vs_direct [--rounds 10] [--tokens 64] [--fake]
+
+``--fake`` runs the fault-injection runner instead (canned replies, no model compute), which
+isolates what the gateway itself adds from CPU contention with llama-server's threads.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import orjson
 
 from runner.models import resolve_source
 from runner.settings import DEFAULT_MODEL, Settings
+from tests.conftest import FAKE_RUNNER
 from tests.e2e.server import Served, cmdline, gemma_models, start_server
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -58,10 +62,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--fake", action="store_true", help="canned runner, no model compute")
     args = parser.parse_args()
-    gguf = resolve_source(Settings().models[DEFAULT_MODEL].source, Settings().home)
     with tempfile.TemporaryDirectory() as tmp:
-        served = start_server(Path(tmp), gemma_models(gguf))
+        if args.fake:
+            dummy = Path(tmp) / "dummy.gguf"
+            dummy.write_bytes(b"GGUF")
+            env = {"SWITCHBOARD_LLAMA_SERVER": str(FAKE_RUNNER),
+                   "SWITCHBOARD_LLM_LIBRARY": "system"}
+            served = start_server(Path(tmp), {DEFAULT_MODEL: {"source": str(dummy)}}, env)
+        else:
+            gguf = resolve_source(Settings().models[DEFAULT_MODEL].source, Settings().home)
+            served = start_server(Path(tmp), gemma_models(gguf))
         try:
             run(served, args.rounds, args.tokens)
         finally:

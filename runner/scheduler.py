@@ -112,9 +112,16 @@ class Scheduler:
         if task is None:
             task = asyncio.create_task(self._load(canonical, config))
             self._loading[canonical] = task
-            task.add_done_callback(lambda _: self._loading.pop(canonical, None))
+            task.add_done_callback(lambda done: self._load_finished(canonical, done))
         # A client that gives up must not cancel a load other clients share.
         return await asyncio.shield(task)
+
+    def _load_finished(self, canonical: str, task: asyncio.Task[_Loaded]) -> None:
+        self._loading.pop(canonical, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here so a load whose every waiter left does not warn at exit;
+            # the waiters that remain still see the exception.
+            log.debug("load of %s failed: %s", canonical, task.exception())
 
     async def _load(self, canonical: str, config: ModelConfig) -> _Loaded:
         async with self._load_lock:

@@ -33,6 +33,7 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else Nagle + delayed ACK stall each reply 40 ms
 
         def log_message(self, *_: object) -> None:
             pass
