@@ -183,6 +183,7 @@ class RunnerProcess:
                     log.info("runner %s: port %d taken, retrying", self.spec.model, self.port)
                     self.output.clear()
                     continue
+                self._fail()
                 raise
             break
         self.load_seconds = time.monotonic() - started
@@ -262,7 +263,6 @@ class RunnerProcess:
             while True:
                 if self._exited.done():
                     code = self._exited.result()
-                    self._fail()
                     raise RunnerStartError(
                         f"llama-server for {self.spec.model} exited with code {code} while "
                         f"loading{self._last_lines()}"
@@ -273,7 +273,6 @@ class RunnerProcess:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     await self._kill()
-                    self._fail()
                     raise RunnerStartError(
                         f"llama-server for {self.spec.model} did not become healthy within "
                         f"{self._load_timeout:.0f}s{self._last_lines()}"

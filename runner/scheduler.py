@@ -141,7 +141,7 @@ class Scheduler:
                     spec,
                     self._payloads.binary(variant),
                     variant,
-                    child_environment(self._settings),
+                    child_environment(),
                     self._settings.load_timeout,
                     self._settings.stop_timeout,
                     self._on_runner_exit,

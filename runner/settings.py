@@ -167,13 +167,12 @@ def load_settings(
         raise SettingsError(f"invalid settings: {exc}") from exc
 
 
-def child_environment(settings: Settings) -> dict[str, str]:
+def child_environment() -> dict[str, str]:
     """The environment for runner children: ours, minus what would silently reconfigure them.
 
     llama-server reads ``LLAMA_ARG_*`` and ``LLAMA_API_KEY`` from its environment; a stray one
     in the operator's shell would override the flags we pass, so they never reach a child.
     """
-    del settings  # reserved: per-backend environment comes with the backend gallery
     return {
         key: value
         for key, value in os.environ.items()

@@ -6,6 +6,8 @@ Accepts llama-server's flags and one of its own, ``--fake-mode``:
   exit             prints an error and exits 3 at once
   hang             /health answers 503 forever
   crash-mid-stream sends one chunk of a stream, then dies with SIGKILL
+  bind-fail-once   the first launch fails like llama-server does when its port was taken
+                   (remembered by a marker file given with --fake-marker), later ones serve
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def main() -> None:
@@ -24,11 +27,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--alias", default="fake")
     parser.add_argument("--fake-mode", default="ok")
+    parser.add_argument("--fake-marker")
     args, _ = parser.parse_known_args()
     print(f"fake llama-server mode={args.fake_mode} port={args.port}", flush=True)
     if args.fake_mode == "exit":
         print("error: failed to load model 'nowhere.gguf'", flush=True)
         sys.exit(3)
+    if args.fake_mode == "bind-fail-once" and not Path(args.fake_marker).exists():
+        Path(args.fake_marker).touch()
+        print(f"couldn't bind HTTP server socket, hostname: 127.0.0.1, port: {args.port}",
+              flush=True)
+        sys.exit(1)
     key = os.environ.get("LLAMA_API_KEY", "")
 
     class Handler(BaseHTTPRequestHandler):

@@ -101,6 +101,19 @@ async def test_runner_load_timeout_kills_the_child(fake_runner: Path, tmp_path: 
     assert runner.returncode is not None, "a timed-out runner must be killed and reaped"
 
 
+async def test_runner_lost_port_race_retries_on_another_port(fake_runner: Path,
+                                                             tmp_path: Path) -> None:
+    marker = tmp_path / "bound-once"
+    runner = _runner(_spec(tmp_path / "m.gguf", "--fake-mode", "bind-fail-once",
+                           "--fake-marker", str(marker)), fake_runner, load_timeout=10.0)
+    await runner.start()
+    try:
+        assert marker.exists(), "the first launch must have failed to bind"
+        assert runner.state is RunnerState.READY
+    finally:
+        await runner.stop()
+
+
 async def test_runner_missing_binary_is_a_start_error(tmp_path: Path) -> None:
     runner = _runner(_spec(tmp_path / "m.gguf"), tmp_path / "no-such-binary")
     with pytest.raises(RunnerStartError, match="cannot execute"):

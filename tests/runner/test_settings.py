@@ -67,7 +67,7 @@ def test_child_environment_drops_llama_overrides(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "1")
     monkeypatch.setenv("LLAMA_API_KEY", "leaked")
     monkeypatch.setenv("KEEP_ME", "1")
-    env = child_environment(load_settings(environ={}))
+    env = child_environment()
     assert "LLAMA_ARG_CTX_SIZE" not in env and "LLAMA_API_KEY" not in env
     assert env["KEEP_ME"] == "1"
 
