@@ -93,31 +93,40 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML settings file")
+    # Also accepted after the subcommand (`switchboard serve --config x.yaml`); SUPPRESS keeps
+    # a subcommand without it from resetting the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="YAML settings file")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the OpenAI API")
+    serve = sub.add_parser("serve", help="serve the OpenAI API", parents=[common])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
 
-    build = sub.add_parser("build-runners", help="compile llama-server payloads")
+    build = sub.add_parser("build-runners", help="compile llama-server payloads", parents=[common])
     build.add_argument("--variant", action="append",
                        help="cpu, cpu_avx2 or cuda (repeatable; default: cpu and cpu_avx2)")
     build.add_argument("--jobs", type=int, help="parallel compile jobs (default: all cores)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(func=cmd_build_runners)
 
-    pull = sub.add_parser("pull", help="fetch or assemble a model's GGUF")
+    pull = sub.add_parser("pull", help="fetch or assemble a model's GGUF", parents=[common])
     pull.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     pull.set_defaults(func=cmd_pull)
 
-    config = sub.add_parser("config", help="list every setting with its default")
+    config = sub.add_parser("config", help="list every setting with its default", parents=[common])
     config.set_defaults(func=cmd_config)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except SettingsError as exc:
