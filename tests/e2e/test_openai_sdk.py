@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.server import Served, cmdline, gemma_models, start_server
+from tests.e2e.server import Served, cmdline, gemma_models, start_server, wait_until
 
 HI: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Say hello in one short sentence."}
@@ -127,3 +128,29 @@ def test_server_logs_a_line_per_request_and_runner_start(client: openai.OpenAI,
     assert len(start_lines) == 1, "the runner loads once and is reused"
     assert "pid=" in start_lines[0] and "variant=cpu" in start_lines[0]
     assert "load=" in start_lines[0]
+
+
+def test_client_leaving_mid_stream_stops_generation(client: openai.OpenAI,
+                                                    served: Served) -> None:
+    client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
+    (runner,) = served.runner_pids()
+    argv = cmdline(runner)
+    port = argv[argv.index("--port") + 1]
+    environ = Path(f"/proc/{runner}/environ").read_bytes().split(b"\0")
+    key = next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LLAMA_API_KEY="))
+
+    def busy() -> bool:
+        slots = httpx.get(f"http://127.0.0.1:{port}/slots",
+                          headers={"Authorization": f"Bearer {key}"}).json()
+        return any(slot["is_processing"] for slot in slots)
+
+    body = {"model": "gemma3:270m", "messages": HI, "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body,
+                      timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert busy()
+    left = time.monotonic()
+    assert wait_until(lambda: not busy(), 1.0), "runner still generating 1 s after the client left"
+    assert time.monotonic() - left < 1.0
