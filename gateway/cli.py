@@ -87,6 +87,47 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = load_settings(args.config)
+    try:
+        models = httpx.get(f"{_server_url(settings)}/api/ps", timeout=10).json()["models"]
+    except httpx.HTTPError as exc:
+        print(f"ps: cannot reach switchboard at {_server_url(settings)}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'MODEL':24} {'PID':>8} {'VARIANT':10} {'CTX':>6} {'BUSY':>4} {'RSS':>9}  UNTIL")
+    for m in models:
+        rss = m["memory"]["actual_bytes"]
+        until = "busy" if m["in_flight"] else (m["expires_at"] or "forever")
+        print(f"{m['model']:24} {m['pid'] or '-':>8} {m['variant']:10} {m['ctx_size']:>6} "
+              f"{m['in_flight']:>4} {f'{rss / 2**20:.0f} MiB' if rss else '-':>9}  {until}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = load_settings(args.config)
+    try:
+        response = httpx.post(f"{_server_url(settings)}/api/unload", json={"model": args.model},
+                              timeout=settings.stop_timeout + 15)
+    except httpx.HTTPError as exc:
+        print(f"stop: cannot reach switchboard at {_server_url(settings)}: {exc}",
+              file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"stop: {response.json()['error']['message']}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: {'unloaded' if response.json()['unloaded'] else 'was not loaded'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     for env, default, doc in describe():
         print(f"{env:34} {default:28} {doc}")
@@ -118,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="fetch or assemble a model's GGUF", parents=[common])
     pull.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     pull.set_defaults(func=cmd_pull)
+
+    ps = sub.add_parser("ps", help="list the models a running server has loaded",
+                        parents=[common])
+    ps.set_defaults(func=cmd_ps)
+
+    stop = sub.add_parser("stop", help="unload a model from a running server", parents=[common])
+    stop.add_argument("model")
+    stop.set_defaults(func=cmd_stop)
 
     config = sub.add_parser("config", help="list every setting with its default", parents=[common])
     config.set_defaults(func=cmd_config)

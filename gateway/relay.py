@@ -18,7 +18,14 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import APIError, error_payload, normalise_error
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from runner.process import RunnerStartError
-from runner.scheduler import Lease, ModelNotFoundError, NoRunnerError, Scheduler
+from runner.scheduler import (
+    Lease,
+    ModelNotFoundError,
+    NoRunnerError,
+    QueueFullError,
+    Scheduler,
+    ShuttingDownError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,11 @@ class Relay:
         except ModelNotFoundError as exc:
             raise APIError(404, f"model '{exc.args[0]}' not found", param="model",
                            code="model_not_found") from exc
+        except QueueFullError as exc:
+            raise APIError(503, str(exc), code="queue_full",
+                           headers={"Retry-After": str(exc.retry_after)}) from exc
+        except ShuttingDownError as exc:
+            raise APIError(503, str(exc)) from exc
         except (RunnerStartError, NoRunnerError) as exc:
             log.error("cannot load %s: %s", self._model, exc)
             raise APIError(503, f"model '{self._model}' failed to load: {exc}") from exc

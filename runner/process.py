@@ -162,6 +162,20 @@ class RunnerProcess:
     def returncode(self) -> int | None:
         return self._proc.returncode if self._proc is not None else None
 
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the live child, from /proc; None once it has exited."""
+        pid = self.pid
+        if pid is None or self.returncode is not None:
+            return None
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
     def _transition(self, new: RunnerState) -> None:
         if new not in _ALLOWED[self._state]:
             raise RuntimeError(f"runner {self.spec.model}: {self._state.value} -> {new.value}")

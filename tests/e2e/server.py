@@ -94,6 +94,12 @@ def gemma_models(gemma_path: Path) -> dict[str, dict[str, Any]]:
                             "args": ["--chat-template", "gemma"], "aliases": ["gemma"]}}
 
 
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without SWITCHBOARD_* knobs, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    return {**base, **extra}
+
+
 def start_server(
     root: Path,
     models: dict[str, dict[str, Any]],
@@ -105,13 +111,12 @@ def start_server(
     config = write_config(root / "switchboard.yaml", models)
     port = free_port()
     log = root / f"server-{port}.log"
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},
-        "SWITCHBOARD_TMPDIR": str(tmpdir),
-        "SWITCHBOARD_HOME": str(root / "home"),
-        "SWITCHBOARD_LOG_LEVEL": "info",
+    full_env = environment(
+        SWITCHBOARD_TMPDIR=str(tmpdir),
+        SWITCHBOARD_HOME=str(root / "home"),
+        SWITCHBOARD_LOG_LEVEL="info",
         **(env or {}),
-    }
+    )
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve",

@@ -1,0 +1,328 @@
+"""The scheduler against in-process fake runners: every decision, no subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.payloads import Payloads
+from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
+from runner.scheduler import (
+    ModelNotFoundError,
+    QueueFullError,
+    Scheduler,
+    ShuttingDownError,
+)
+from runner.settings import ModelConfig, Settings
+
+
+class FakeRunner:
+    """Stands in for RunnerProcess; records what the scheduler does to it."""
+
+    alive = 0
+    most_alive = 0
+
+    def __init__(self, spec: LaunchSpec, binary: Path, variant: str, env: dict[str, str],
+                 load_timeout: float, stop_timeout: float,
+                 on_exit: Callable[[Any], None] | None = None) -> None:
+        self.spec = spec
+        self.variant = variant
+        self.api_key = "k"
+        self.port = 1
+        self.pid: int | None = 4242
+        self.load_seconds = 0.0
+        self.returncode: int | None = None
+        self.state = RunnerState.STOPPED
+        self.stops = 0
+        self.on_exit = on_exit
+        self.gate: asyncio.Event | None = None
+        self.fail: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return "http://127.0.0.1:1"
+
+    def rss_bytes(self) -> int | None:
+        return 1 << 20
+
+    async def start(self) -> None:
+        self.state = RunnerState.STARTING
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            self.state = RunnerState.FAILED
+            self.returncode = 3
+            raise RunnerStartError(self.fail)
+        FakeRunner.alive += 1
+        FakeRunner.most_alive = max(FakeRunner.most_alive, FakeRunner.alive)
+        self.state = RunnerState.READY
+
+    async def stop(self) -> None:
+        self.stops += 1
+        if self.state is RunnerState.READY:
+            FakeRunner.alive -= 1
+        self.state = RunnerState.STOPPED
+
+    def crash(self) -> None:
+        FakeRunner.alive -= 1
+        self.state = RunnerState.FAILED
+        assert self.on_exit is not None
+        self.on_exit(self)
+
+
+class Factory:
+    def __init__(self) -> None:
+        self.made: list[FakeRunner] = []
+        self.gate: asyncio.Event | None = None
+        self.fail_next: str | None = None
+
+    def __call__(self, *args: Any) -> RunnerProcess:
+        runner = FakeRunner(*args)
+        runner.gate = self.gate
+        runner.fail, self.fail_next = self.fail_next, None
+        self.made.append(runner)
+        return runner  # type: ignore[return-value]
+
+
+@pytest.fixture(autouse=True)
+def _reset_counts() -> None:
+    FakeRunner.alive = 0
+    FakeRunner.most_alive = 0
+
+
+def _scheduler(tmp_path: Path, factory: Factory, **settings: Any) -> Scheduler:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    models = {name: ModelConfig(source=str(gguf)) for name in ("a", "b", "c")}
+    config = Settings(home=tmp_path, models=models, **settings)
+    payloads = Payloads(root=tmp_path / "p", sources={}, system_binary=tmp_path / "bin")
+    return Scheduler(config, payloads, cpu_flags=frozenset(), runner_factory=factory,
+                     clock=lambda: 1000.0)
+
+
+async def _use(scheduler: Scheduler, model: str, hold: float = 0.0,
+               keep_alive: float | None = None) -> str:
+    async with scheduler.acquire(model, keep_alive=keep_alive) as lease:
+        await asyncio.sleep(hold)
+        return lease.model
+
+
+async def test_scheduler_loads_once_and_reuses(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    assert await _use(scheduler, "a") == "a"
+    assert await _use(scheduler, "a") == "a"
+    assert scheduler.loads == 1
+    await scheduler.close()
+    assert factory.made[0].stops == 1
+
+
+async def test_scheduler_unknown_model(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, Factory())
+    with pytest.raises(ModelNotFoundError):
+        await _use(scheduler, "zzz")
+
+
+async def test_scheduler_keep_alive_zero_unloads_once_idle(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    async with scheduler.acquire("a", keep_alive=0):
+        assert [r.model for r in scheduler.loaded()] == ["a"]
+    assert scheduler.loaded() == []
+    await asyncio.sleep(0)
+    assert factory.made[0].stops == 1
+    await scheduler.close()
+
+
+async def test_scheduler_keep_alive_sets_expiry_from_release(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, Factory())
+    await _use(scheduler, "a", keep_alive=600)
+    (info,) = scheduler.loaded()
+    assert info.expires_at == 1600.0 and info.keep_alive == 600
+    async with scheduler.acquire("a"):
+        (busy,) = scheduler.loaded()
+        assert busy.expires_at is None and busy.in_flight == 1
+        assert busy.keep_alive == 600, "a request without keep_alive keeps the last one"
+    await scheduler.close()
+
+
+async def test_scheduler_negative_keep_alive_never_expires(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, Factory(), keep_alive=0.01)
+    await _use(scheduler, "a", keep_alive=-1)
+    await asyncio.sleep(0.05)
+    (info,) = scheduler.loaded()
+    assert info.expires_at is None
+    await scheduler.close()
+
+
+async def test_scheduler_default_keep_alive_timer_unloads(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, keep_alive=0.02)
+    await _use(scheduler, "a")
+    assert scheduler.loaded()
+    await asyncio.sleep(0.1)
+    assert scheduler.loaded() == []
+    assert factory.made[0].stops == 1
+    await scheduler.close()
+
+
+async def test_scheduler_duplicate_expiry_stops_once(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    await _use(scheduler, "a")
+    entry = scheduler._loaded["a"]
+    scheduler._expire(entry)
+    scheduler._expire(entry)
+    await asyncio.sleep(0)
+    assert factory.made[0].stops == 1
+    await scheduler.close()
+
+
+async def test_scheduler_expiry_racing_a_new_request_keeps_the_runner(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, Factory())
+    await _use(scheduler, "a")
+    entry = scheduler._loaded["a"]
+    async with scheduler.acquire("a"):
+        scheduler._expire(entry)  # the timer fired just as the request attached
+        assert scheduler.loaded()
+    await scheduler.close()
+
+
+async def test_scheduler_full_queue_is_refused_at_once(tmp_path: Path) -> None:
+    factory = Factory()
+    factory.gate = asyncio.Event()
+    scheduler = _scheduler(tmp_path, factory, max_queue=2)
+    waiting = [asyncio.create_task(_use(scheduler, "a")) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFullError) as info:
+        await _use(scheduler, "a")
+    assert info.value.retry_after >= 1
+    factory.gate.set()
+    assert await asyncio.gather(*waiting) == ["a", "a"]
+    await scheduler.close()
+
+
+async def test_scheduler_loaded_traffic_does_not_wait_behind_a_load(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    await _use(scheduler, "a")
+    factory.gate = asyncio.Event()
+    loading_b = asyncio.create_task(_use(scheduler, "b"))
+    await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(_use(scheduler, "a"), 0.5) == "a"
+    factory.gate.set()
+    assert await loading_b == "b"
+    await scheduler.close()
+
+
+async def test_scheduler_alternating_traffic_is_collated(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, max_loaded_models=1)
+    models = ["a", "b"] * 20
+    results = await asyncio.gather(*(_use(scheduler, m, hold=0.002) for m in models))
+    assert results == models
+    assert FakeRunner.most_alive == 1, "two runners were loaded at once"
+    print(f"collation: {scheduler.loads} loads for 40 alternating requests")
+    assert scheduler.loads <= 4, f"{scheduler.loads} loads for 40 alternating requests"
+    await scheduler.close()
+
+
+async def test_scheduler_busy_victim_is_drained_not_killed(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, max_loaded_models=1)
+    release_a = asyncio.Event()
+
+    async def hold_a() -> None:
+        async with scheduler.acquire("a"):
+            await release_a.wait()
+
+    holder = asyncio.create_task(hold_a())
+    await asyncio.sleep(0.01)
+    want_b = asyncio.create_task(_use(scheduler, "b"))
+    await asyncio.sleep(0.02)
+    (a,) = factory.made
+    assert a.stops == 0 and scheduler.loaded()[0].draining
+    with pytest.raises(TimeoutError):  # a draining model takes no new requests
+        await asyncio.wait_for(asyncio.shield(asyncio.create_task(_use(scheduler, "a"))), 0.02)
+    release_a.set()
+    await holder
+    assert await want_b == "b"
+    assert a.stops == 1
+    await scheduler.close()
+
+
+async def test_scheduler_cancelled_queued_request_loads_nothing(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, max_loaded_models=1)
+    release_a = asyncio.Event()
+
+    async def hold_a() -> None:
+        async with scheduler.acquire("a"):
+            await release_a.wait()
+
+    holder = asyncio.create_task(hold_a())
+    await asyncio.sleep(0.01)
+    want_b = asyncio.create_task(_use(scheduler, "b"))
+    await asyncio.sleep(0.01)
+    want_b.cancel()
+    release_a.set()
+    await holder
+    await asyncio.sleep(0.02)
+    assert [r.spec.model for r in factory.made] == ["a"], "b was loaded for a client that left"
+    await scheduler.close()
+
+
+async def test_scheduler_load_failure_reaches_every_waiter_then_retries(tmp_path: Path) -> None:
+    factory = Factory()
+    factory.gate = asyncio.Event()
+    factory.fail_next = "llama-server exited with code 3"
+    scheduler = _scheduler(tmp_path, factory)
+    waiters = [asyncio.create_task(_use(scheduler, "a")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    factory.gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, RunnerStartError) for r in results)
+    assert await _use(scheduler, "a") == "a"
+    await scheduler.close()
+
+
+async def test_scheduler_crashed_runner_is_reloaded_by_the_next_request(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    await _use(scheduler, "a")
+    factory.made[0].crash()
+    assert scheduler.loaded() == []
+    assert await _use(scheduler, "a") == "a"
+    assert scheduler.loads == 2
+    await scheduler.close()
+
+
+async def test_scheduler_unload_waits_for_in_flight_requests(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    assert await scheduler.unload("a") is False
+    async with scheduler.acquire("a"):
+        assert await scheduler.unload("a") is True
+        assert factory.made[0].stops == 0
+    await asyncio.sleep(0)
+    assert factory.made[0].stops == 1 and scheduler.loaded() == []
+    await scheduler.close()
+
+
+async def test_scheduler_close_fails_queued_requests_and_stops_runners(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    await _use(scheduler, "a")
+    factory.gate = asyncio.Event()
+    queued = asyncio.create_task(_use(scheduler, "b"))
+    await asyncio.sleep(0.01)
+    await scheduler.close()
+    with pytest.raises((ShuttingDownError, asyncio.CancelledError)):
+        await queued
+    assert all(r.stops >= 1 for r in factory.made)
+    with pytest.raises(ShuttingDownError):
+        await _use(scheduler, "a")
