@@ -32,7 +32,7 @@ def _describe(info: RunnerInfo) -> dict[str, object]:
         "keep_alive": info.keep_alive if info.keep_alive >= 0 else -1,
         "expires_at": _iso(info.expires_at),
         "load_seconds": round(info.load_seconds, 3),
-        "memory": {"estimated_bytes": None, "actual_bytes": info.rss_bytes},
+        "memory": {"estimated_bytes": info.estimated_bytes, "actual_bytes": info.actual_bytes},
     }
 
 

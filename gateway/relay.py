@@ -17,10 +17,12 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import APIError, error_payload, normalise_error
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from runner.models import ModelSourceError
 from runner.process import RunnerStartError
 from runner.scheduler import (
     Lease,
     ModelNotFoundError,
+    ModelTooLargeError,
     NoRunnerError,
     QueueFullError,
     Scheduler,
@@ -84,6 +86,11 @@ class Relay:
         except QueueFullError as exc:
             raise APIError(503, str(exc), code="queue_full",
                            headers={"Retry-After": str(exc.retry_after)}) from exc
+        except ModelTooLargeError as exc:
+            raise APIError(400, str(exc), param="model", code="insufficient_memory") from exc
+        except ModelSourceError as exc:
+            log.error("cannot load %s: %s", self._model, exc)
+            raise APIError(503, f"model '{self._model}' cannot be loaded: {exc}") from exc
         except ShuttingDownError as exc:
             raise APIError(503, str(exc)) from exc
         except (RunnerStartError, NoRunnerError) as exc:

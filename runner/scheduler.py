@@ -12,7 +12,10 @@ Semantics of Ollama's ``server/sched.go`` in asyncio (decisions in :mod:`runner.
   alternating traffic into batches instead of one load per request.
 - Keep-alive starts when the last reference is released (0 = unload then, negative = never);
   a request's ``keep_alive`` overrides the model's and the default.
-- Nothing new loads while an unload is still in progress, so memory is returned first.
+- Memory fit: a model's need is estimated from its GGUF header (:mod:`runner.memory`), then
+  replaced by the runner's measured RSS once it has run. A model that cannot fit even alone is
+  refused with both figures and nothing evicted; one that cannot fit beside the loaded ones
+  drains a victim first. Nothing new loads while an unload is still in progress.
 - A runner that exits unexpectedly leaves the loaded set at once; the next request reloads it.
 """
 
@@ -27,6 +30,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.gguf_header import GGUFError, read_header
+from runner.memory import estimate, format_bytes, system_memory
 from runner.models import ModelPaths
 from runner.payloads import Payloads
 from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
@@ -50,6 +55,18 @@ class NoRunnerError(RuntimeError):
 
 class ShuttingDownError(RuntimeError):
     """The server is stopping and takes no new work."""
+
+
+class ModelTooLargeError(RuntimeError):
+    """The model needs more memory than can be made available for it."""
+
+    def __init__(self, model: str, needs: int, available: int) -> None:
+        super().__init__(
+            f"model '{model}' needs {format_bytes(needs)}, "
+            f"{format_bytes(max(available, 0))} available"
+        )
+        self.needs = needs
+        self.available = available
 
 
 class QueueFullError(RuntimeError):
@@ -86,7 +103,8 @@ class RunnerInfo:
     expires_at: float | None  # epoch seconds; None while busy or when kept forever
     keep_alive: float
     load_seconds: float
-    rss_bytes: int | None
+    estimated_bytes: int
+    actual_bytes: int | None
 
 
 @dataclass(eq=False)
@@ -94,6 +112,8 @@ class _Loaded:
     key: str
     runner: RunnerProcess
     keep_alive: float
+    estimate: int
+    actual: int | None = None
     refs: int = 0
     draining: bool = False
     expires_at: float | None = None
@@ -102,6 +122,17 @@ class _Loaded:
     @property
     def usable(self) -> bool:
         return self.runner.state is RunnerState.READY and not self.draining
+
+    @property
+    def need(self) -> int:
+        """What fitting counts for this runner: measured once it has run, else estimated."""
+        return self.actual if self.actual is not None else self.estimate
+
+    def measure(self) -> int | None:
+        rss = self.runner.rss_bytes()
+        if rss is not None:
+            self.actual = max(self.actual or 0, rss)
+        return self.actual
 
 
 @dataclass(eq=False)
@@ -113,6 +144,21 @@ class _Pending:
 
 
 RunnerFactory = Callable[..., RunnerProcess]
+Estimator = Callable[[Path, int, int], int]  # (gguf, ctx, parallel) -> bytes
+MemoryProbe = Callable[[], tuple[int, int]]  # () -> (total, available) bytes
+
+
+def estimate_file(path: Path, ctx_size: int, parallel: int) -> int:
+    """Bytes a runner of this GGUF needs; a header we cannot read counts as its file size plus
+    a quarter (llama-server will then say what is wrong with the file)."""
+    try:
+        return estimate(read_header(path), ctx_size, parallel).total
+    except (GGUFError, OSError) as exc:
+        log.warning("cannot estimate %s from its header (%s); using its size", path, exc)
+        try:
+            return path.stat().st_size * 5 // 4
+        except OSError:
+            return 0
 
 
 class Scheduler:
@@ -125,12 +171,17 @@ class Scheduler:
         cpu_flags: frozenset[str] | None = None,
         runner_factory: RunnerFactory = RunnerProcess,
         clock: Callable[[], float] = time.time,
+        estimator: Estimator = estimate_file,
+        memory: MemoryProbe = system_memory,
     ) -> None:
         self._settings = settings
         self._payloads = payloads
         self._cpu_flags = read_cpu_flags() if cpu_flags is None else cpu_flags
         self._factory = runner_factory
         self._clock = clock
+        self._estimator = estimator
+        self._memory = memory
+        self._learned: dict[str, int] = {}  # model -> measured need of its last runner
         self._paths = ModelPaths(settings.home)
         self._loaded: dict[str, _Loaded] = {}
         self._pending: list[_Pending] = []
@@ -212,6 +263,9 @@ class Scheduler:
         entry.refs -= 1
         if entry.refs > 0 or self._loaded.get(entry.key) is not entry:
             return
+        measured = entry.measure()
+        if measured is not None:
+            self._learned[entry.key] = measured
         if entry.draining or entry.keep_alive == 0:
             self._unload(entry, "drained" if entry.draining else "keep_alive 0")
             return
@@ -278,18 +332,46 @@ class Scheduler:
             return  # nothing to load, or wait: memory still being returned / its drain
         if any(entry.draining for entry in self._loaded.values()):
             return  # a swap is under way; its unload wakes us
-        if not has_room(len(self._loaded), self.max_loaded):
-            self._make_room(frozenset(p.key for p in waiting))
-            return
         config = next(p.config for p in waiting if p.key == key)
         try:
-            await self._load(key, config)
+            spec = await self._spec(key, config)
+            need = await self._need(spec)
+            budget, free = self._free_memory()
+            if need > budget:
+                raise ModelTooLargeError(key, need, budget)  # even alone: evict nothing
+            if not has_room(len(self._loaded), self.max_loaded) or need > free:
+                if self._loaded:
+                    self._make_room(frozenset(p.key for p in waiting))
+                    return
+                raise ModelTooLargeError(key, need, free)
+            await self._load(spec, config, need)
         except Exception as exc:
-            for pending in [p for p in self._pending if p.key == key]:
-                self._pending.remove(pending)
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+            self._fail_waiters(key, exc)
         self._wake.set()  # grant what the load made servable, then look again
+
+    def _fail_waiters(self, key: str, exc: Exception) -> None:
+        for pending in [p for p in self._pending if p.key == key]:
+            self._pending.remove(pending)
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    async def _need(self, spec: LaunchSpec) -> int:
+        learned = self._learned.get(spec.model)
+        if learned is not None:
+            return learned
+        # Reading a header is file I/O: off the loop, so loaded traffic keeps flowing.
+        return await asyncio.to_thread(
+            self._estimator, spec.model_path, spec.ctx_size, spec.parallel
+        )
+
+    def _free_memory(self) -> tuple[int, int]:
+        """(budget, free): what runners may use in all, and what is left beside loaded ones."""
+        total, available = self._memory()
+        budget = self._settings.memory_budget or total
+        free = budget - sum(entry.need for entry in self._loaded.values())
+        if self._settings.memory_budget is None:
+            free = min(free, available)  # other processes use this machine too
+        return budget, free
 
     def _make_room(self, wanted: frozenset[str]) -> None:
         views = [RunnerView(k, e.refs, e.keep_alive) for k, e in self._loaded.items()]
@@ -305,9 +387,8 @@ class Scheduler:
             entry.timer.cancel()
             entry.timer = None
 
-    async def _load(self, key: str, config: ModelConfig) -> _Loaded:
-        model_path = await self._paths.path(config.source)
-        spec = self._spec(key, config, model_path)
+    async def _load(self, spec: LaunchSpec, config: ModelConfig, need: int) -> _Loaded:
+        key = spec.model
         variants = self.variants()
         if not variants:
             raise NoRunnerError(
@@ -340,13 +421,17 @@ class Scheduler:
             keep_alive = (
                 config.keep_alive if config.keep_alive is not None else self._settings.keep_alive
             )
-            entry = _Loaded(key, runner, keep_alive)
+            entry = _Loaded(key, runner, keep_alive, estimate=need)
+            entry.measure()
             self._loaded[key] = entry
+            log.info("memory for %s: estimated %s, resident %s", key, format_bytes(need),
+                     format_bytes(entry.actual) if entry.actual else "unknown")
             self.loads += 1
             return entry
         raise NoRunnerError("no runner variant could start: " + "; ".join(errors))
 
-    def _spec(self, canonical: str, config: ModelConfig, model_path: Path) -> LaunchSpec:
+    async def _spec(self, canonical: str, config: ModelConfig) -> LaunchSpec:
+        model_path = await self._paths.path(config.source)
         return LaunchSpec(
             model=canonical,
             model_path=model_path,
@@ -383,7 +468,8 @@ class Scheduler:
                 expires_at=entry.expires_at,
                 keep_alive=entry.keep_alive,
                 load_seconds=entry.runner.load_seconds,
-                rss_bytes=entry.runner.rss_bytes(),
+                estimated_bytes=entry.estimate,
+                actual_bytes=entry.measure(),
             )
             for entry in self._loaded.values()
         ]

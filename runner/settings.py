@@ -20,6 +20,8 @@ ENV_PREFIX = "SWITCHBOARD_"
 DEFAULT_CONFIG = Path("configs/switchboard.yaml")
 DEFAULT_MODEL = "gemma3:270m"
 
+_MIB = 1 << 20
+_GIB = 1 << 30
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -50,6 +52,27 @@ def parse_duration(value: object) -> float:
     return sign * total
 
 
+def parse_bytes(value: object) -> int:
+    """Bytes from an int or a string such as '1.5GiB', '512MiB', '2GB', '100000'."""
+    if isinstance(value, bool):
+        raise ValueError("a size cannot be a boolean")
+    if isinstance(value, int | float):
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a size: {value!r}")
+    text = value.strip().lower().replace(" ", "")
+    units = {"gib": _GIB, "mib": _MIB, "kib": 1 << 10, "gb": 10**9, "mb": 10**6, "kb": 10**3,
+             "g": _GIB, "m": _MIB, "k": 1 << 10, "b": 1}
+    for suffix, scale in units.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * scale)
+    return int(float(text))
+
+
+def _optional_bytes(value: object) -> object:
+    return None if value is None or value == "" else parse_bytes(value)
+
+
 def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -57,6 +80,7 @@ def _split_commas(value: object) -> object:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int | None, BeforeValidator(_optional_bytes)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 
 
@@ -103,6 +127,9 @@ class Settings(BaseModel):
     max_loaded_models: int = Field(0, ge=0, description="loaded runners at most; 0 = automatic")
     num_parallel: int = Field(1, ge=1, description="request slots per runner")
     max_queue: int = Field(512, ge=1, description="requests waiting for a runner at most")
+    memory_budget: ByteSize = Field(
+        None, description="bytes runners may use in all, e.g. '12GiB'; None = this machine's RAM"
+    )
     load_timeout: Duration = Field(300.0, description="longest wait for a runner to turn healthy")
     stop_timeout: Duration = Field(5.0, description="grace between SIGTERM and SIGKILL")
     llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")

@@ -43,9 +43,10 @@ def test_openai_sdk_chat_streams_chunk_by_chunk(client: openai.OpenAI) -> None:
         model="gemma3:270m", messages=HI, max_tokens=24, stream=True
     )
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices]
     assert len(chunks) > 3, "a stream must arrive in pieces, not as one body"
-    assert text.strip()
+    # The base model sometimes answers in whitespace alone: check pieces, not prose.
+    assert sum(1 for piece in pieces if piece) > 3
     assert {c.model for c in chunks} == {"gemma3:270m"}
 
 

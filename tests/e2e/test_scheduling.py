@@ -101,8 +101,9 @@ def test_kill9_of_runner_mid_stream_is_an_error_event_then_recovers(served: Serv
     with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body,
                       timeout=60) as response:
         for line in response.iter_lines():
-            if line.startswith("data: "):
-                events.append(line)
+            if not line.startswith("data: "):
+                continue  # the blank line after each event must not trigger a second kill
+            events.append(line)
             if len(events) == 3:
                 (pid,) = served.runner_pids()
                 os.kill(pid, 9)
@@ -147,5 +148,45 @@ def test_alternating_models_with_one_slot_are_collated(tmp_path: Path,
         loads = sum(1 for kind, _ in events if kind == "start")
         print(f"collation on the real runner: {loads} loads for 40 alternating requests")
         assert loads <= 6, f"{loads} loads for 40 alternating requests"
+    finally:
+        served.stop()
+
+
+def test_memory_estimate_is_within_a_quarter_of_actual_rss(tmp_path: Path,
+                                                           gemma_path: Path) -> None:
+    base = gemma_models(gemma_path)["gemma3:270m"]
+    models = {"ctx2k": {**base, "ctx_size": 2048, "aliases": []},
+              "ctx8k": {**base, "ctx_size": 8192, "aliases": []}}
+    served = start_server(tmp_path, models)
+    try:
+        for name in models:
+            assert _post(served, _chat(name, keep_alive=-1)).status_code == 200
+        for info in _ps(served):
+            estimated = info["memory"]["estimated_bytes"]
+            actual = info["memory"]["actual_bytes"]
+            print(f"{info['model']}: estimated {estimated / 2**20:.0f} MiB, "
+                  f"actual RSS {actual / 2**20:.0f} MiB, ratio {estimated / actual:.3f}")
+            assert abs(estimated - actual) <= 0.25 * actual
+    finally:
+        served.stop()
+
+
+def test_model_too_large_for_the_budget_is_refused_and_nothing_evicted(
+    tmp_path: Path, gemma_path: Path
+) -> None:
+    base = gemma_models(gemma_path)["gemma3:270m"]
+    models = {"small": {**base, "ctx_size": 2048, "aliases": []},
+              "huge": {**base, "ctx_size": 65536, "aliases": []}}
+    served = start_server(tmp_path, models, {"SWITCHBOARD_MEMORY_BUDGET": "450MiB"})
+    try:
+        assert _post(served, _chat("small")).status_code == 200
+        (before,) = _ps(served)
+        response = _post(served, _chat("huge"))
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "insufficient_memory"
+        assert re.search(r"model 'huge' needs \d+ MiB, 450 MiB available", error["message"])
+        (after,) = _ps(served)
+        assert after["model"] == "small" and after["pid"] == before["pid"]
     finally:
         served.stop()

@@ -13,6 +13,7 @@ from runner.payloads import Payloads
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
 from runner.scheduler import (
     ModelNotFoundError,
+    ModelTooLargeError,
     QueueFullError,
     Scheduler,
     ShuttingDownError,
@@ -46,8 +47,10 @@ class FakeRunner:
     def base_url(self) -> str:
         return "http://127.0.0.1:1"
 
+    rss = 1 << 20
+
     def rss_bytes(self) -> int | None:
-        return 1 << 20
+        return self.rss if self.state is RunnerState.READY else None
 
     async def start(self) -> None:
         self.state = RunnerState.STARTING
@@ -92,16 +95,29 @@ class Factory:
 def _reset_counts() -> None:
     FakeRunner.alive = 0
     FakeRunner.most_alive = 0
+    FakeRunner.rss = 1 << 20
 
 
-def _scheduler(tmp_path: Path, factory: Factory, **settings: Any) -> Scheduler:
-    gguf = tmp_path / "m.gguf"
-    gguf.write_bytes(b"GGUF")
-    models = {name: ModelConfig(source=str(gguf)) for name in ("a", "b", "c")}
+MiB = 1 << 20
+
+
+def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = None,
+               memory: tuple[int, int] = (64 << 30, 64 << 30), **settings: Any) -> Scheduler:
+    """A scheduler over models a, b, c, each with its own GGUF; ``needs`` sets estimates."""
+    models = {}
+    for name in ("a", "b", "c"):
+        gguf = tmp_path / f"{name}.gguf"
+        gguf.write_bytes(b"GGUF")
+        models[name] = ModelConfig(source=str(gguf))
     config = Settings(home=tmp_path, models=models, **settings)
     payloads = Payloads(root=tmp_path / "p", sources={}, system_binary=tmp_path / "bin")
+    sizes = needs or {}
+
+    def estimator(path: Path, ctx: int, parallel: int) -> int:
+        return sizes.get(path.stem, 100 * MiB)
+
     return Scheduler(config, payloads, cpu_flags=frozenset(), runner_factory=factory,
-                     clock=lambda: 1000.0)
+                     clock=lambda: 1000.0, estimator=estimator, memory=lambda: memory)
 
 
 async def _use(scheduler: Scheduler, model: str, hold: float = 0.0,
@@ -326,3 +342,50 @@ async def test_scheduler_close_fails_queued_requests_and_stops_runners(tmp_path:
     assert all(r.stops >= 1 for r in factory.made)
     with pytest.raises(ShuttingDownError):
         await _use(scheduler, "a")
+
+
+async def test_scheduler_model_too_large_even_alone_evicts_nothing(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, needs={"b": 2 << 30}, memory_budget=1 << 30)
+    await _use(scheduler, "a")
+    with pytest.raises(ModelTooLargeError, match=r"needs 2\.0 GiB, 1\.0 GiB available"):
+        await _use(scheduler, "b")
+    assert [r.model for r in scheduler.loaded()] == ["a"]
+    assert factory.made[0].stops == 0
+    await scheduler.close()
+
+
+async def test_scheduler_model_that_does_not_fit_beside_others_evicts(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, needs={"a": 600 * MiB, "b": 600 * MiB},
+                           memory_budget=1 << 30)
+    FakeRunner.rss = 600 * MiB
+    await _use(scheduler, "a")
+    assert await _use(scheduler, "b") == "b"
+    assert [r.model for r in scheduler.loaded()] == ["b"]
+    assert FakeRunner.most_alive == 1
+    await scheduler.close()
+
+
+async def test_scheduler_fits_later_loads_by_measured_memory(tmp_path: Path) -> None:
+    factory = Factory()
+    # Estimated 900 MiB, measured 100 MiB: once measured, b (800 MiB) fits beside a.
+    scheduler = _scheduler(tmp_path, factory, needs={"a": 900 * MiB, "b": 800 * MiB},
+                           memory_budget=1 << 30)
+    FakeRunner.rss = 100 * MiB
+    await _use(scheduler, "a")
+    (info,) = scheduler.loaded()
+    assert info.estimated_bytes == 900 * MiB and info.actual_bytes == 100 * MiB
+    await _use(scheduler, "b")
+    assert sorted(r.model for r in scheduler.loaded()) == ["a", "b"]
+    await scheduler.close()
+
+
+async def test_scheduler_without_a_budget_respects_available_memory(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, needs={"a": 600 * MiB},
+                           memory=(8 << 30, 500 * MiB))
+    with pytest.raises(ModelTooLargeError, match="needs 600 MiB, 500 MiB available"):
+        await _use(scheduler, "a")
+    assert factory.made == []
+    await scheduler.close()

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+
+from runner.gguf_header import GGUFError, read_header
+
+
+def _write(path: Path) -> Path:
+    writer = GGUFWriter(str(path), "gemma3")
+    writer.add_block_count(4)
+    writer.add_embedding_length(64)
+    writer.add_head_count(2)
+    writer.add_string("general.name", "tiny")
+    writer.add_token_list([f"tok{i}" for i in range(1000)])
+    writer.add_array("some.nested", [[1, 2], [3]])
+    writer.add_float32("some.float", 0.5)
+    writer.add_tensor("f32", np.zeros((8, 32), dtype=np.float32))
+    writer.add_tensor("f16", np.zeros((4, 64), dtype=np.float16))
+    q8 = np.zeros((2, 34 * 4), dtype=np.uint8)  # 2 rows x 4 Q8_0 blocks of 34 bytes
+    writer.add_tensor("q8", q8, raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_read_header_matches_the_gguf_package(tmp_path: Path) -> None:
+    path = _write(tmp_path / "tiny.gguf")
+    info = read_header(path)
+    reference = GGUFReader(path)
+    assert info.tensor_count == len(reference.tensors) == 3
+    assert info.tensor_bytes == sum(int(t.n_bytes) for t in reference.tensors)
+    assert info.architecture == "gemma3"
+    assert info.arch_int("block_count") == 4 and info.arch_int("embedding_length") == 64
+    assert info.metadata["general.name"] == "tiny"
+    assert info.metadata["tokenizer.ggml.tokens"] == 1000
+    assert info.metadata["some.nested"] == 2
+    assert info.metadata["some.float"] == pytest.approx(0.5)
+    assert info.arch_int("missing", 7) == 7
+
+
+@pytest.mark.parametrize("content", [b"", b"NOPE" + b"\0" * 64, b"GGUF\3\0\0\0"])
+def test_read_header_rejects_what_is_not_gguf(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(content)
+    with pytest.raises(GGUFError):
+        read_header(path)
+
+
+def test_read_header_rejects_a_truncated_header(tmp_path: Path) -> None:
+    full = _write(tmp_path / "tiny.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(full[:200])
+    with pytest.raises(GGUFError, match="malformed"):
+        read_header(cut)
+
+
+def test_read_header_of_the_default_model_is_fast(gemma_path: Path) -> None:
+    info = read_header(gemma_path)
+    assert info.architecture == "gemma3"
+    assert info.arch_int("block_count") == 18
+    assert info.metadata["tokenizer.ggml.tokens"] == 262144
+    assert 200 * 2**20 < info.tensor_bytes < 300 * 2**20
