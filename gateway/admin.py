@@ -23,6 +23,7 @@ def _iso(epoch: float | None) -> str | None:
 def _describe(info: RunnerInfo) -> dict[str, object]:
     return {
         "model": info.model,
+        "mode": info.mode,
         "pid": info.pid,
         "variant": info.variant,
         "ctx_size": info.ctx_size,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from gateway import admin, chat, health, models
+from gateway import admin, chat, embeddings, health, models
 from gateway.access_log import AccessLog
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.upstream import UpstreamPool
@@ -42,7 +42,9 @@ def create_app(settings: Settings) -> Starlette:
             payloads.cleanup()
 
     return Starlette(
-        routes=[*chat.routes, *models.routes, *admin.routes, *health.routes],
+        routes=[
+            *chat.routes, *embeddings.routes, *models.routes, *admin.routes, *health.routes,
+        ],
         middleware=[Middleware(AccessLog)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

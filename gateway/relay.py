@@ -25,6 +25,7 @@ from runner.scheduler import (
     ModelTooLargeError,
     NoRunnerError,
     QueueFullError,
+    RunnerOptions,
     Scheduler,
     ShuttingDownError,
 )
@@ -66,6 +67,7 @@ class Relay:
         body: bytes,
         stream: bool,
         keep_alive: float | None = None,
+        options: RunnerOptions | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -74,10 +76,11 @@ class Relay:
         self._body = body
         self._stream = stream
         self._keep_alive = keep_alive
+        self._options = options
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            lease_cm = self._scheduler.acquire(self._model, keep_alive=self._keep_alive)
+            lease_cm = self._scheduler.acquire(self._model, self._options, self._keep_alive)
             async with lease_cm as lease:
                 await self._exchange(lease, receive, send)
         except ModelNotFoundError as exc:

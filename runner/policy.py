@@ -8,10 +8,12 @@ is served in batches instead of one swap per request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 FOREVER = float("inf")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,9 @@ def has_room(loaded: int, max_loaded: int) -> bool:
     return max_loaded <= 0 or loaded < max_loaded
 
 
-def next_to_load(pending: Sequence[str], loaded: frozenset[str]) -> str | None:
-    """The model the oldest waiting request needs loaded, or None if all can be served."""
-    for key in pending:
-        if key not in loaded:
-            return key
+def next_to_load(pending: Sequence[K], servable: frozenset[K]) -> K | None:
+    """What the oldest waiting request needs loaded, or None if every one can be served."""
+    for want in pending:
+        if want not in servable:
+            return want
     return None

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 _STDERR_LINES = 40
 _HEALTH_POLL = 0.05
+_HEALTH_TIMEOUT = 2.0
 _PORT_ATTEMPTS = 3
 
 
@@ -73,6 +74,7 @@ class LaunchSpec:
     threads: int | None = None
     embeddings: bool = False
     extra_args: tuple[str, ...] = ()
+    pooling: str | None = None  # for embeddings when the GGUF names none
 
 
 def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
@@ -92,6 +94,8 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
         argv += ["--threads", str(spec.threads)]
     if spec.embeddings:
         argv.append("--embeddings")
+        if spec.pooling is not None and "--pooling" not in spec.extra_args:
+            argv += ["--pooling", spec.pooling]
     argv += spec.extra_args
     return argv
 
@@ -312,8 +316,19 @@ class RunnerProcess:
         if self._exited is not None:
             await asyncio.wait({self._exited}, timeout=5.0)
 
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL after the grace period; returns once the child is reaped."""
+    async def check_health(self) -> bool:
+        """Whether /health answers 200 within a couple of seconds."""
+        if self._state is not RunnerState.READY:
+            return False
+        try:
+            async with httpx.AsyncClient(timeout=_HEALTH_TIMEOUT) as client:
+                return (await client.get(f"{self.base_url}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def stop(self, force: bool = False) -> None:
+        """SIGTERM, then SIGKILL after the grace period (at once if ``force``: a hung child
+        would not act on SIGTERM); returns once the child is reaped."""
         if self._state in (RunnerState.STOPPING, RunnerState.STOPPED):
             if self._exited is not None:
                 await asyncio.wait({self._exited}, timeout=self._stop_timeout + 5.0)
@@ -323,7 +338,7 @@ class RunnerProcess:
             self._transition(RunnerState.STOPPING)
         uptime = time.time() - self.started_at if self.started_at else 0.0
         if self._exited is not None and not self._exited.done():
-            self._signal(signal.SIGTERM)
+            self._signal(signal.SIGKILL if force else signal.SIGTERM)
             done, _ = await asyncio.wait({self._exited}, timeout=self._stop_timeout)
             if not done:
                 log.warning("runner %s: no exit %.0fs after SIGTERM, killing",

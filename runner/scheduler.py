@@ -17,6 +17,11 @@ Semantics of Ollama's ``server/sched.go`` in asyncio (decisions in :mod:`runner.
   refused with both figures and nothing evicted; one that cannot fit beside the loaded ones
   drains a victim first. Nothing new loads while an unload is still in progress.
 - A runner that exits unexpectedly leaves the loaded set at once; the next request reloads it.
+  One whose ``/health`` stops answering (checked every ``health_interval``) is killed and
+  reloaded the same way.
+- Runners are keyed by model and mode (chat or embeddings: llama-server's ``--embeddings``
+  serves nothing else), so one GGUF can serve both. A request whose options shape its runner
+  differently (context, slots, GPU layers, arguments) drains the loaded one and reloads.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from runner.variants import order_variants, read_cpu_flags
 
 log = logging.getLogger(__name__)
 
-# Until memory fitting lands, "automatic" allows this many runners (Ollama's per-GPU default).
+# "Automatic" allows this many runners (Ollama's per-GPU default); memory fit applies on top.
 AUTO_MAX_LOADED = 3
+HEALTH_STRIKES = 2  # consecutive failed /health checks before a runner is killed
 
 
 class ModelNotFoundError(LookupError):
@@ -77,6 +83,33 @@ class QueueFullError(RuntimeError):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Per-request choices that shape a runner; None keeps the model's configured value."""
+
+    embeddings: bool = False
+    ctx_size: int | None = None
+    parallel: int | None = None
+    gpu_layers: int | str | None = None
+    args: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a runner was started with; a request needing another shape needs another runner."""
+
+    ctx_size: int
+    parallel: int
+    gpu_layers: int | str
+    args: tuple[str, ...]
+    embeddings: bool
+
+
+def runner_key(model: str, embeddings: bool) -> str:
+    """The loaded-set key: chat and embedding runners of one model live side by side."""
+    return f"{model}+embeddings" if embeddings else model
+
+
 @dataclass
 class Lease:
     """A claim on a ready runner for the length of one request."""
@@ -94,6 +127,7 @@ class RunnerInfo:
     """A snapshot of one loaded runner, for ``/api/ps``."""
 
     model: str
+    mode: str  # "chat" or "embeddings"
     pid: int | None
     variant: str
     ctx_size: int
@@ -110,6 +144,7 @@ class RunnerInfo:
 @dataclass(eq=False)
 class _Loaded:
     key: str
+    shape: Shape
     runner: RunnerProcess
     keep_alive: float
     estimate: int
@@ -118,6 +153,7 @@ class _Loaded:
     draining: bool = False
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
+    health_failures: int = 0
 
     @property
     def usable(self) -> bool:
@@ -138,14 +174,30 @@ class _Loaded:
 @dataclass(eq=False)
 class _Pending:
     key: str
+    model: str
+    shape: Shape
     config: ModelConfig
     keep_alive: float | None
     future: asyncio.Future[_Loaded]
+
+    @property
+    def wants(self) -> tuple[str, Shape]:
+        return (self.key, self.shape)
 
 
 RunnerFactory = Callable[..., RunnerProcess]
 Estimator = Callable[[Path, int, int], int]  # (gguf, ctx, parallel) -> bytes
 MemoryProbe = Callable[[], tuple[int, int]]  # () -> (total, available) bytes
+
+
+def _pooling_for(path: Path) -> str | None:
+    """``mean`` for a model whose GGUF names no pooling type: OpenAI-style embeddings need one
+    and llama-server refuses 'none'. A model that names one keeps it."""
+    try:
+        info = read_header(path)
+    except (GGUFError, OSError):
+        return "mean"
+    return None if f"{info.architecture}.pooling_type" in info.metadata else "mean"
 
 
 def estimate_file(path: Path, ctx_size: int, parallel: int) -> int:
@@ -188,6 +240,7 @@ class Scheduler:
         self._stopping: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self._closed = False
         self.loads = 0  # runners started, for tests and metrics
 
@@ -207,34 +260,43 @@ class Scheduler:
     async def acquire(
         self,
         model: str,
-        options: dict[str, object] | None = None,
+        options: RunnerOptions | None = None,
         keep_alive: float | None = None,
     ) -> AsyncIterator[Lease]:
         """A ready runner for ``model`` (name or alias), held until the block exits."""
-        del options  # per-request runner-shaping options arrive with reloads
         if self._closed:
             raise ShuttingDownError("switchboard is shutting down")
         resolved = self._settings.resolve_model(model)
         if resolved is None:
             raise ModelNotFoundError(model)
         canonical, config = resolved
-        entry = self._loaded.get(canonical)
-        if entry is not None and entry.usable:
+        shape = self._shape(config, options or RunnerOptions())
+        key = runner_key(canonical, shape.embeddings)
+        entry = self._loaded.get(key)
+        if entry is not None and entry.usable and entry.shape == shape:
             self._attach(entry, keep_alive)
         else:
-            entry = await self._enqueue(canonical, config, keep_alive)
+            pending = _Pending(key, canonical, shape, config, keep_alive,
+                               asyncio.get_running_loop().create_future())
+            entry = await self._enqueue(pending)
         runner = entry.runner
         try:
             yield Lease(canonical, model, runner, runner.base_url, runner.api_key, runner.port)
         finally:
             self._release(entry)
 
-    async def _enqueue(
-        self, key: str, config: ModelConfig, keep_alive: float | None
-    ) -> _Loaded:
+    def _shape(self, config: ModelConfig, options: RunnerOptions) -> Shape:
+        return Shape(
+            ctx_size=config.ctx_size if options.ctx_size is None else options.ctx_size,
+            parallel=options.parallel or config.parallel or self._settings.num_parallel,
+            gpu_layers=config.gpu_layers if options.gpu_layers is None else options.gpu_layers,
+            args=config.args if options.args is None else options.args,
+            embeddings=options.embeddings,
+        )
+
+    async def _enqueue(self, pending: _Pending) -> _Loaded:
         if len(self._pending) >= self._settings.max_queue:
             raise QueueFullError(self._settings.max_queue)
-        pending = _Pending(key, config, keep_alive, asyncio.get_running_loop().create_future())
         self._pending.append(pending)
         self._ensure_dispatcher()
         self._wake.set()
@@ -282,14 +344,14 @@ class Scheduler:
             return
         self._unload(entry, "keep-alive expired")
 
-    def _unload(self, entry: _Loaded, reason: str) -> None:
+    def _unload(self, entry: _Loaded, reason: str, force: bool = False) -> None:
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
         if self._loaded.get(entry.key) is entry:
             del self._loaded[entry.key]
         log.info("unloading %s (%s)", entry.key, reason)
-        task = asyncio.create_task(entry.runner.stop())
+        task = asyncio.create_task(entry.runner.stop(force=force))
         self._stopping.add(task)
         task.add_done_callback(self._stopped)
 
@@ -304,6 +366,25 @@ class Scheduler:
     def _ensure_dispatcher(self) -> None:
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch())
+        if self._settings.health_interval > 0 and (self._monitor is None or self._monitor.done()):
+            self._monitor = asyncio.create_task(self._watch_health())
+
+    async def _watch_health(self) -> None:
+        """Kill runners whose /health stops answering (a hung process never exits by itself);
+        the next request for one loads it again."""
+        while not self._closed:
+            await asyncio.sleep(self._settings.health_interval)
+            for entry in list(self._loaded.values()):
+                if entry.runner.state is not RunnerState.READY:
+                    continue
+                if await entry.runner.check_health():
+                    entry.health_failures = 0
+                    continue
+                entry.health_failures += 1
+                if entry.health_failures >= HEALTH_STRIKES and self._loaded.get(entry.key) is entry:
+                    log.warning("runner for %s failed %d health checks; killing it",
+                                entry.key, entry.health_failures)
+                    self._unload(entry, "health checks failed", force=True)
 
     async def _dispatch(self) -> None:
         while not self._closed:
@@ -320,37 +401,43 @@ class Scheduler:
             if pending.future.done():
                 continue  # its client left
             entry = self._loaded.get(pending.key)
-            if entry is not None and entry.usable:
+            if entry is not None and entry.usable and entry.shape == pending.shape:
                 self._attach(entry, pending.keep_alive)
                 pending.future.set_result(entry)
             else:
                 waiting.append(pending)
         self._pending = waiting
-        usable = frozenset(key for key, entry in self._loaded.items() if entry.usable)
-        key = next_to_load([p.key for p in waiting], usable)
-        if key is None or self._stopping or key in self._loaded:
-            return  # nothing to load, or wait: memory still being returned / its drain
+        servable = frozenset((k, e.shape) for k, e in self._loaded.items() if e.usable)
+        wanted = next_to_load([p.wants for p in waiting], servable)
+        if wanted is None or self._stopping:
+            return  # nothing to load, or memory is still being returned
+        key, shape = wanted
+        current = self._loaded.get(key)
+        if current is not None:
+            if not current.draining and current.shape != shape:
+                self._drain(current, "its requests need other options")  # a reload
+            return  # woken again once it has stopped
         if any(entry.draining for entry in self._loaded.values()):
             return  # a swap is under way; its unload wakes us
-        config = next(p.config for p in waiting if p.key == key)
+        pending = next(p for p in waiting if p.wants == wanted)
         try:
-            spec = await self._spec(key, config)
+            spec = await self._spec(pending)
             need = await self._need(spec)
             budget, free = self._free_memory()
             if need > budget:
-                raise ModelTooLargeError(key, need, budget)  # even alone: evict nothing
+                raise ModelTooLargeError(pending.model, need, budget)  # even alone: evict none
             if not has_room(len(self._loaded), self.max_loaded) or need > free:
                 if self._loaded:
                     self._make_room(frozenset(p.key for p in waiting))
                     return
-                raise ModelTooLargeError(key, need, free)
-            await self._load(spec, config, need)
+                raise ModelTooLargeError(pending.model, need, free)
+            await self._load(key, shape, spec, pending.config, need)
         except Exception as exc:
-            self._fail_waiters(key, exc)
+            self._fail_waiters(wanted, exc)
         self._wake.set()  # grant what the load made servable, then look again
 
-    def _fail_waiters(self, key: str, exc: Exception) -> None:
-        for pending in [p for p in self._pending if p.key == key]:
+    def _fail_waiters(self, wanted: tuple[str, Shape], exc: Exception) -> None:
+        for pending in [p for p in self._pending if p.wants == wanted]:
             self._pending.remove(pending)
             if not pending.future.done():
                 pending.future.set_exception(exc)
@@ -376,19 +463,22 @@ class Scheduler:
     def _make_room(self, wanted: frozenset[str]) -> None:
         views = [RunnerView(k, e.refs, e.keep_alive) for k, e in self._loaded.items()]
         victim = pick_victim(views, spare=wanted)
-        if victim is None:
-            return
-        entry = self._loaded[victim]
+        if victim is not None:
+            self._drain(self._loaded[victim], "to make room")
+
+    def _drain(self, entry: _Loaded, why: str) -> None:
+        """No new requests for ``entry``; it stops once its last one is released."""
         entry.draining = True
-        log.info("draining %s to make room (%d in flight)", victim, entry.refs)
+        log.info("draining %s %s (%d in flight)", entry.key, why, entry.refs)
         if entry.refs == 0:
-            self._unload(entry, "evicted")
+            self._unload(entry, why)
         elif entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
 
-    async def _load(self, spec: LaunchSpec, config: ModelConfig, need: int) -> _Loaded:
-        key = spec.model
+    async def _load(
+        self, key: str, shape: Shape, spec: LaunchSpec, config: ModelConfig, need: int
+    ) -> _Loaded:
         variants = self.variants()
         if not variants:
             raise NoRunnerError(
@@ -421,7 +511,7 @@ class Scheduler:
             keep_alive = (
                 config.keep_alive if config.keep_alive is not None else self._settings.keep_alive
             )
-            entry = _Loaded(key, runner, keep_alive, estimate=need)
+            entry = _Loaded(key, shape, runner, keep_alive, estimate=need)
             entry.measure()
             self._loaded[key] = entry
             log.info("memory for %s: estimated %s, resident %s", key, format_bytes(need),
@@ -430,27 +520,33 @@ class Scheduler:
             return entry
         raise NoRunnerError("no runner variant could start: " + "; ".join(errors))
 
-    async def _spec(self, canonical: str, config: ModelConfig) -> LaunchSpec:
-        model_path = await self._paths.path(config.source)
+    async def _spec(self, pending: _Pending) -> LaunchSpec:
+        model_path = await self._paths.path(pending.config.source)
+        shape = pending.shape
+        pooling = None
+        if shape.embeddings:
+            pooling = await asyncio.to_thread(_pooling_for, model_path)
         return LaunchSpec(
-            model=canonical,
+            model=pending.model,
             model_path=model_path,
-            ctx_size=config.ctx_size,
-            parallel=config.parallel or self._settings.num_parallel,
-            gpu_layers=config.gpu_layers,
+            ctx_size=shape.ctx_size,
+            parallel=shape.parallel,
+            gpu_layers=shape.gpu_layers,
             threads=self._settings.threads,
-            extra_args=config.args,
+            embeddings=shape.embeddings,
+            extra_args=shape.args,
+            pooling=pooling,
         )
 
     def _on_runner_exit(self, runner: RunnerProcess) -> None:
-        entry = self._loaded.get(runner.spec.model)
-        if entry is not None and entry.runner is runner:
-            if entry.timer is not None:
-                entry.timer.cancel()
-            del self._loaded[runner.spec.model]
-            log.warning("runner for %s left the loaded set; the next request reloads it",
-                        runner.spec.model)
-            self._wake.set()
+        for key, entry in list(self._loaded.items()):
+            if entry.runner is runner:
+                if entry.timer is not None:
+                    entry.timer.cancel()
+                del self._loaded[key]
+                log.warning("runner for %s left the loaded set; the next request reloads it",
+                            key)
+                self._wake.set()
 
     # -- administration ---------------------------------------------------------------------
 
@@ -458,7 +554,8 @@ class Scheduler:
         """Runners currently loaded, in load order."""
         return [
             RunnerInfo(
-                model=entry.key,
+                model=entry.runner.spec.model,
+                mode="embeddings" if entry.shape.embeddings else "chat",
                 pid=entry.runner.pid,
                 variant=entry.runner.variant,
                 ctx_size=entry.runner.spec.ctx_size,
@@ -479,22 +576,22 @@ class Scheduler:
         resolved = self._settings.resolve_model(model)
         if resolved is None:
             raise ModelNotFoundError(model)
-        entry = self._loaded.get(resolved[0])
-        if entry is None:
-            return False
-        entry.draining = True
-        if entry.refs == 0:
-            self._unload(entry, "unload requested")
+        entries = [self._loaded.get(runner_key(resolved[0], mode)) for mode in (False, True)]
+        present = [entry for entry in entries if entry is not None]
+        for entry in present:
+            self._drain(entry, "on request")
+        if self._stopping:
             await asyncio.wait(set(self._stopping), timeout=self._settings.stop_timeout + 5)
-        return True
+        return bool(present)
 
     async def close(self) -> None:
         """Stop every runner (and any load in progress); each child is reaped."""
         self._closed = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        for task in (self._dispatcher, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for pending in self._pending:
             if not pending.future.done():
                 pending.future.set_exception(ShuttingDownError("switchboard is shutting down"))

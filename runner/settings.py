@@ -132,6 +132,9 @@ class Settings(BaseModel):
     )
     load_timeout: Duration = Field(300.0, description="longest wait for a runner to turn healthy")
     stop_timeout: Duration = Field(5.0, description="grace between SIGTERM and SIGKILL")
+    health_interval: Duration = Field(
+        10.0, description="seconds between runner /health checks; 2 misses kill it; 0 = off"
+    )
     llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")
     llama_server: Path | None = Field(None, description="system llama-server used without payloads")
     api_keys: CommaList = Field((), description="keys clients must send; empty = no auth")

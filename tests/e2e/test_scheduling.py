@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.server import Served, environment, gemma_models, start_server, wait_until
+from tests.e2e.server import (
+    Served,
+    alive,
+    environment,
+    gemma_models,
+    start_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("real_variants")
 
@@ -188,5 +196,37 @@ def test_model_too_large_for_the_budget_is_refused_and_nothing_evicted(
         assert re.search(r"model 'huge' needs \d+ MiB, 450 MiB available", error["message"])
         (after,) = _ps(served)
         assert after["model"] == "small" and after["pid"] == before["pid"]
+    finally:
+        served.stop()
+
+
+def test_embeddings_and_chat_of_one_gguf_run_side_by_side(served: Served) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    result = client.embeddings.create(model="gemma", input=["hello world", "goodbye"])
+    assert result.model == "gemma"
+    assert [len(item.embedding) for item in result.data] == [640, 640]
+    assert result.data[0].embedding != result.data[1].embedding
+    assert _post(served, _chat("gemma3:270m")).status_code == 200
+    modes = {(m["model"], m["mode"]) for m in _ps(served)}
+    assert {("gemma3:270m", "chat"), ("gemma3:270m", "embeddings")} <= modes
+    bad = httpx.post(f"{served.url}/v1/embeddings", json={"model": "gemma", "input": 5})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+    httpx.post(f"{served.url}/api/unload", json={"model": "gemma3:270m"})
+
+
+def test_frozen_runner_is_killed_by_health_checks_and_reloaded(tmp_path: Path,
+                                                              gemma_path: Path) -> None:
+    served = start_server(tmp_path, gemma_models(gemma_path),
+                          {"SWITCHBOARD_HEALTH_INTERVAL": "0.5s"})
+    try:
+        assert _post(served, _chat("gemma3:270m")).status_code == 200
+        (frozen,) = served.runner_pids()
+        os.kill(frozen, signal.SIGSTOP)
+        assert wait_until(lambda: not _ps(served), 8.0), "a frozen runner stayed loaded"
+        assert wait_until(lambda: not alive(frozen), 5.0), "the frozen runner was not killed"
+        assert _post(served, _chat("gemma3:270m")).status_code == 200
+        assert "failed 2 health checks" in served.log_text()
     finally:
         served.stop()

@@ -15,6 +15,7 @@ from runner.scheduler import (
     ModelNotFoundError,
     ModelTooLargeError,
     QueueFullError,
+    RunnerOptions,
     Scheduler,
     ShuttingDownError,
 )
@@ -64,7 +65,14 @@ class FakeRunner:
         FakeRunner.most_alive = max(FakeRunner.most_alive, FakeRunner.alive)
         self.state = RunnerState.READY
 
-    async def stop(self) -> None:
+    healthy = True
+    forced = False
+
+    async def check_health(self) -> bool:
+        return self.healthy and self.state is RunnerState.READY
+
+    async def stop(self, force: bool = False) -> None:
+        self.forced = force
         self.stops += 1
         if self.state is RunnerState.READY:
             FakeRunner.alive -= 1
@@ -388,4 +396,95 @@ async def test_scheduler_without_a_budget_respects_available_memory(tmp_path: Pa
     with pytest.raises(ModelTooLargeError, match="needs 600 MiB, 500 MiB available"):
         await _use(scheduler, "a")
     assert factory.made == []
+    await scheduler.close()
+
+
+async def test_scheduler_chat_and_embeddings_runners_coexist(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    async with scheduler.acquire("a") as chat, \
+            scheduler.acquire("a", RunnerOptions(embeddings=True)) as embed:
+        assert chat.runner is not embed.runner
+        assert chat.model == embed.model == "a"
+    assert sorted(r.mode for r in scheduler.loaded()) == ["chat", "embeddings"]
+    assert [r.spec.embeddings for r in factory.made] == [False, True]
+    async with scheduler.acquire("a", RunnerOptions(embeddings=True)):
+        pass
+    assert scheduler.loads == 2
+    await scheduler.close()
+
+
+async def test_scheduler_changed_options_reload_the_runner(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    await _use(scheduler, "a")
+    async with scheduler.acquire("a", RunnerOptions(ctx_size=8192)) as lease:
+        assert lease.runner.spec.ctx_size == 8192
+    first, _ = factory.made
+    assert first.stops == 1 and first.spec.ctx_size == 4096
+    assert [r.ctx_size for r in scheduler.loaded()] == [8192]
+    await scheduler.close()
+
+
+async def test_scheduler_reload_requested_during_a_load(tmp_path: Path) -> None:
+    factory = Factory()
+    factory.gate = asyncio.Event()
+    scheduler = _scheduler(tmp_path, factory)
+    default = asyncio.create_task(_use(scheduler, "a", hold=0.01))
+    await asyncio.sleep(0.01)
+    bigger = asyncio.create_task(_use_options(scheduler, "a", RunnerOptions(ctx_size=8192)))
+    await asyncio.sleep(0.01)
+    factory.gate.set()
+    assert await default == "a"
+    assert await bigger == 8192
+    assert [r.spec.ctx_size for r in factory.made] == [4096, 8192]
+    assert factory.made[0].stops == 1
+    await scheduler.close()
+
+
+async def _use_options(scheduler: Scheduler, model: str, options: RunnerOptions) -> int:
+    async with scheduler.acquire(model, options) as lease:
+        return lease.runner.spec.ctx_size
+
+
+async def test_scheduler_unload_while_loading_leaves_the_load_alone(tmp_path: Path) -> None:
+    factory = Factory()
+    factory.gate = asyncio.Event()
+    scheduler = _scheduler(tmp_path, factory)
+    loading = asyncio.create_task(_use(scheduler, "a"))
+    await asyncio.sleep(0.01)
+    assert await scheduler.unload("a") is False
+    factory.gate.set()
+    assert await loading == "a"
+    assert [r.model for r in scheduler.loaded()] == ["a"]
+    await scheduler.close()
+
+
+async def test_scheduler_kills_a_runner_whose_health_checks_fail(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, health_interval=0.01)
+    await _use(scheduler, "a")
+    factory.made[0].healthy = False
+    for _ in range(100):
+        if not scheduler.loaded():
+            break
+        await asyncio.sleep(0.01)
+    assert scheduler.loaded() == []
+    await asyncio.sleep(0)
+    assert factory.made[0].forced, "a hung runner must be killed, not asked to stop"
+    assert await _use(scheduler, "a") == "a"
+    assert scheduler.loads == 2
+    await scheduler.close()
+
+
+async def test_scheduler_one_missed_health_check_is_forgiven(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, health_interval=0.01)
+    await _use(scheduler, "a")
+    runner = factory.made[0]
+    runner.healthy = False
+    await asyncio.sleep(0.015)
+    runner.healthy = True
+    await asyncio.sleep(0.05)
+    assert [r.model for r in scheduler.loaded()] == ["a"]
     await scheduler.close()
