@@ -24,7 +24,7 @@ import orjson
 from runner.models import resolve_source
 from runner.settings import DEFAULT_MODEL, Settings
 from tests.conftest import FAKE_RUNNER
-from tests.e2e.server import Served, cmdline, gemma_models, start_server
+from tests.e2e.server import Served, gemma_models, start_server
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 
@@ -84,12 +84,7 @@ def run(served: Served, rounds: int, tokens: int) -> None:
     gateway = served.url
     with httpx.Client(timeout=300) as client:
         tiny_once(client, f"{gateway}/v1/chat/completions", {})  # load the runner
-        (pid,) = served.runner_pids()
-        argv = cmdline(pid)
-        port = argv[argv.index("--port") + 1]
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        key = next(e.split(b"=", 1)[1].decode() for e in environ
-                   if e.startswith(b"LLAMA_API_KEY="))
+        port, key = served.runner_address()
         paths = {
             "gateway": (f"{gateway}/v1/chat/completions", {}),
             "direct": (f"http://127.0.0.1:{port}/v1/chat/completions",

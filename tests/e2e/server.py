@@ -72,6 +72,15 @@ class Served:
     def runner_pids(self) -> list[int]:
         return children(self.proc.pid)
 
+    def runner_address(self) -> tuple[int, str]:
+        """(port, API key) of the one runner, read from its command line and environment."""
+        (pid,) = self.runner_pids()
+        argv = cmdline(pid)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        key = next(e.split(b"=", 1)[1].decode() for e in environ
+                   if e.startswith(b"LLAMA_API_KEY="))
+        return int(argv[argv.index("--port") + 1]), key
+
     def pid_dirs(self) -> list[Path]:
         return sorted(p.parent for p in self.tmpdir.glob("switchboard*/switchboard.pid"))
 

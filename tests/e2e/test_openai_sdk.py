@@ -134,11 +134,7 @@ def test_server_logs_a_line_per_request_and_runner_start(client: openai.OpenAI,
 def test_client_leaving_mid_stream_stops_generation(client: openai.OpenAI,
                                                     served: Served) -> None:
     client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
-    (runner,) = served.runner_pids()
-    argv = cmdline(runner)
-    port = argv[argv.index("--port") + 1]
-    environ = Path(f"/proc/{runner}/environ").read_bytes().split(b"\0")
-    key = next(e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"LLAMA_API_KEY="))
+    port, key = served.runner_address()
 
     def busy() -> bool:
         slots = httpx.get(f"http://127.0.0.1:{port}/slots",

@@ -128,6 +128,19 @@ def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = 
                      clock=lambda: 1000.0, estimator=estimator, memory=lambda: memory)
 
 
+async def _hold(scheduler: Scheduler, model: str) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A request that keeps ``model`` busy until the returned event is set."""
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with scheduler.acquire(model):
+            await release.wait()
+
+    task = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    return task, release
+
+
 async def _use(scheduler: Scheduler, model: str, hold: float = 0.0,
                keep_alive: float | None = None) -> str:
     async with scheduler.acquire(model, keep_alive=keep_alive) as lease:
@@ -258,14 +271,7 @@ async def test_scheduler_alternating_traffic_is_collated(tmp_path: Path) -> None
 async def test_scheduler_busy_victim_is_drained_not_killed(tmp_path: Path) -> None:
     factory = Factory()
     scheduler = _scheduler(tmp_path, factory, max_loaded_models=1)
-    release_a = asyncio.Event()
-
-    async def hold_a() -> None:
-        async with scheduler.acquire("a"):
-            await release_a.wait()
-
-    holder = asyncio.create_task(hold_a())
-    await asyncio.sleep(0.01)
+    holder, release_a = await _hold(scheduler, "a")
     want_b = asyncio.create_task(_use(scheduler, "b"))
     await asyncio.sleep(0.02)
     (a,) = factory.made
@@ -282,14 +288,7 @@ async def test_scheduler_busy_victim_is_drained_not_killed(tmp_path: Path) -> No
 async def test_scheduler_cancelled_queued_request_loads_nothing(tmp_path: Path) -> None:
     factory = Factory()
     scheduler = _scheduler(tmp_path, factory, max_loaded_models=1)
-    release_a = asyncio.Event()
-
-    async def hold_a() -> None:
-        async with scheduler.acquire("a"):
-            await release_a.wait()
-
-    holder = asyncio.create_task(hold_a())
-    await asyncio.sleep(0.01)
+    holder, release_a = await _hold(scheduler, "a")
     want_b = asyncio.create_task(_use(scheduler, "b"))
     await asyncio.sleep(0.01)
     want_b.cancel()
