@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import APIError, error_payload, normalise_error
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from runner.models import ModelSourceError
-from runner.process import RunnerStartError
+from runner.process import RunnerStartError, relay_connections
 from runner.scheduler import (
     Lease,
     ModelNotFoundError,
@@ -107,7 +107,8 @@ class Relay:
         ]
         try:
             upstream = await self._pool.request(
-                _HOST, lease.port, b"POST", self._path, headers, self._body
+                _HOST, lease.port, b"POST", self._path, headers, self._body,
+                limit=relay_connections(lease.runner.spec.parallel),
             )
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' is unavailable: {exc}") from exc

@@ -87,6 +87,9 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
         "--port", str(port),
         "--ctx-size", str(spec.ctx_size),
         "--parallel", str(spec.parallel),
+        # One HTTP thread per slot, one for a request waiting on a slot, one for /health; the
+        # relay holds at most parallel + 1 connections (why: gateway.upstream.UpstreamPool).
+        "--threads-http", str(http_threads(spec.parallel)),
     ]
     if spec.gpu_layers != "auto":
         argv += ["--n-gpu-layers", str(spec.gpu_layers)]
@@ -98,6 +101,15 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
             argv += ["--pooling", spec.pooling]
     argv += spec.extra_args
     return argv
+
+
+def http_threads(parallel: int) -> int:
+    return parallel + 2
+
+
+def relay_connections(parallel: int) -> int:
+    """Connections the relay may hold to a runner: all its HTTP threads but one for /health."""
+    return http_threads(parallel) - 1
 
 
 def free_port() -> int:

@@ -230,3 +230,4 @@ def test_frozen_runner_is_killed_by_health_checks_and_reloaded(tmp_path: Path,
         assert "failed 2 health checks" in served.log_text()
     finally:
         served.stop()
+

@@ -164,3 +164,77 @@ async def test_upstream_abort_closes_the_connection_promptly(pool: UpstreamPool)
         await asyncio.wait_for(closed.wait(), 2)
         response.release()
         assert response.aborted
+
+
+async def test_upstream_never_opens_more_than_limit_connections(pool: UpstreamPool) -> None:
+    gate = asyncio.Event()
+    open_now = 0
+    most = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await _read_request(reader)
+                await gate.wait()
+                writer.write(_fixed(b"ok"))
+                await writer.drain()
+        finally:
+            open_now -= 1
+
+    async def one() -> bytes:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"",
+                                      limit=2)
+        body = await response.read()
+        response.release()
+        return body
+
+    async with Server(handler) as server:
+        calls = [asyncio.create_task(one()) for _ in range(6)]
+        await asyncio.sleep(0.05)
+        assert server.connections == 2, "requests beyond the limit must wait for a connection"
+        gate.set()
+        assert await asyncio.gather(*calls) == [b"ok"] * 6
+        assert most <= 2 and server.connections == 2
+
+
+async def test_upstream_aborted_exchange_frees_its_connection_slot(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with Server(handler) as server:
+        first = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"", limit=1)
+        first.abort()
+        second = await asyncio.wait_for(
+            pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"", limit=1), 1.0
+        )
+        second.abort()
+
+
+async def test_upstream_cancelled_waiter_passes_its_turn_on(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_request(reader)
+            writer.write(_fixed(b"ok"))
+            await writer.drain()
+
+    async with Server(handler) as server:
+        held = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"", limit=1)
+        quitter = asyncio.create_task(
+            pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"", limit=1))
+        stayer = asyncio.create_task(
+            pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"", limit=1))
+        await asyncio.sleep(0.01)
+        assert await held.read() == b"ok"
+        held.release()  # hands the turn to the quitter...
+        quitter.cancel()  # ...which leaves before taking it
+        response = await asyncio.wait_for(stayer, 1.0)
+        assert await response.read() == b"ok"
+        response.release()
+        with pytest.raises(asyncio.CancelledError):
+            await quitter
