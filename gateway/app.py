@@ -13,6 +13,7 @@ from gateway import admin, chat, embeddings, health, models
 from gateway.access_log import AccessLog
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.upstream import UpstreamPool
+from runner.memory import gpu_library
 from runner.payloads import extract, find_system_binary
 from runner.scheduler import Scheduler
 from runner.settings import Settings
@@ -27,13 +28,14 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         system_binary = find_system_binary(settings.llama_server)
         payloads = extract(settings.tmpdir, settings.home, system_binary)
-        scheduler = Scheduler(settings, payloads)
+        gpu = gpu_library()
+        scheduler = Scheduler(settings, payloads, gpu=gpu)
         upstream = UpstreamPool()
         app.state.settings = settings
         app.state.scheduler = scheduler
         app.state.upstream = upstream
-        log.info("runner variants for this machine, best first: %s",
-                 ", ".join(scheduler.variants()) or "none")
+        log.info("runner variants for this machine, best first: %s (GPU library: %s)",
+                 ", ".join(scheduler.variants()) or "none", gpu.requested if gpu else "none")
         try:
             yield
         finally:

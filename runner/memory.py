@@ -10,12 +10,16 @@ at ctx 8192 llama-server reports 235 MiB weights + 39 MiB KV + 27 MiB compute, R
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from runner.gguf_header import GGUFInfo
+from runner.variants import GpuInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -94,29 +98,65 @@ def system_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
     return total, values.get("MemAvailable", values.get("MemFree", total))
 
 
-def gpus() -> list[GpuMemory]:
-    """NVIDIA GPUs and their free memory; empty without NVML or a GPU (never raises)."""
+def _nvml_call(call: Callable[[Any], T], default: T) -> T:
+    """Run ``call(pynvml)`` between init and shutdown; ``default`` without NVML or a GPU."""
     try:
         import pynvml
     except ImportError:
-        return []
+        return default
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        return []
+        return default
     try:
-        found = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            found.append(GpuMemory(index, str(name), int(info.total), int(info.free)))
-        return found
+        return call(pynvml)
     except pynvml.NVMLError as exc:
         log.warning("NVML failed, treating this machine as CPU-only: %s", exc)
-        return []
+        return default
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpus() -> list[GpuMemory]:
+    """NVIDIA GPUs and their free memory; empty without NVML or a GPU (never raises)."""
+
+    def read(nvml: Any) -> list[GpuMemory]:
+        found = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            info = nvml.nvmlDeviceGetMemoryInfo(handle)
+            name = nvml.nvmlDeviceGetName(handle)
+            found.append(GpuMemory(index, str(name), int(info.total), int(info.free)))
+        return found
+
+    return _nvml_call(read, [])
+
+
+def gpu_library() -> GpuInfo | None:
+    """The runner library these GPUs need, e.g. cuda v12 from the driver's CUDA version."""
+
+    def read(nvml: Any) -> GpuInfo | None:
+        if nvml.nvmlDeviceGetCount() == 0:
+            return None
+        version = int(nvml.nvmlSystemGetCudaDriverVersion())  # e.g. 12040
+        return GpuInfo("cuda", f"v{version // 1000}")
+
+    return _nvml_call(read, None)
+
+
+def gpu_memory_of(pid: int) -> int:
+    """Bytes of GPU memory process ``pid`` holds on all GPUs (0 without NVML)."""
+
+    def read(nvml: Any) -> int:
+        used = 0
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory:
+                    used += int(proc.usedGpuMemory)
+        return used
+
+    return _nvml_call(read, 0)
 
 
 def format_bytes(count: float) -> str:

@@ -36,19 +36,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.gguf_header import GGUFError, read_header
-from runner.memory import estimate, format_bytes, system_memory
+from runner.memory import (
+    GiB,
+    GpuMemory,
+    estimate,
+    format_bytes,
+    gpu_memory_of,
+    gpus,
+    system_memory,
+)
 from runner.models import ModelPaths
 from runner.payloads import Payloads
 from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
 from runner.settings import ModelConfig, Settings, child_environment
-from runner.variants import order_variants, read_cpu_flags
+from runner.variants import GpuInfo, order_variants, read_cpu_flags
 
 log = logging.getLogger(__name__)
 
 # "Automatic" allows this many runners (Ollama's per-GPU default); memory fit applies on top.
 AUTO_MAX_LOADED = 3
 HEALTH_STRIKES = 2  # consecutive failed /health checks before a runner is killed
+GPU_MARGIN = 1 * GiB  # per device, as llama-server's --fit keeps free
+VRAM_RECOVERY = 5.0  # seconds to wait for a stopped runner's GPU memory to show as free
 
 
 class ModelNotFoundError(LookupError):
@@ -149,6 +159,7 @@ class _Loaded:
     keep_alive: float
     estimate: int
     actual: int | None = None
+    vram: int = 0
     refs: int = 0
     draining: bool = False
     expires_at: float | None = None
@@ -165,9 +176,10 @@ class _Loaded:
         return self.actual if self.actual is not None else self.estimate
 
     def measure(self) -> int | None:
+        """Peak resident memory (RAM + the last VRAM reading) seen so far."""
         rss = self.runner.rss_bytes()
         if rss is not None:
-            self.actual = max(self.actual or 0, rss)
+            self.actual = max(self.actual or 0, rss + self.vram)
         return self.actual
 
 
@@ -188,6 +200,8 @@ class _Pending:
 RunnerFactory = Callable[..., RunnerProcess]
 Estimator = Callable[[Path, int, int], int]  # (gguf, ctx, parallel) -> bytes
 MemoryProbe = Callable[[], tuple[int, int]]  # () -> (total, available) bytes
+GpuProbe = Callable[[], list[GpuMemory]]
+GpuUsage = Callable[[int], int]  # pid -> bytes of GPU memory it holds
 
 
 def _pooling_for(path: Path) -> str | None:
@@ -225,6 +239,9 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         estimator: Estimator = estimate_file,
         memory: MemoryProbe = system_memory,
+        gpu: GpuInfo | None = None,
+        gpu_probe: GpuProbe = gpus,
+        gpu_usage: GpuUsage = gpu_memory_of,
     ) -> None:
         self._settings = settings
         self._payloads = payloads
@@ -233,6 +250,9 @@ class Scheduler:
         self._clock = clock
         self._estimator = estimator
         self._memory = memory
+        self._gpu = gpu
+        self._gpu_probe = gpu_probe
+        self._gpu_usage = gpu_usage
         self._learned: dict[str, int] = {}  # model -> measured need of its last runner
         self._paths = ModelPaths(settings.home)
         self._loaded: dict[str, _Loaded] = {}
@@ -251,8 +271,12 @@ class Scheduler:
     def variants(self) -> list[str]:
         """Runner variants to try on this machine, best first."""
         return order_variants(
-            self._payloads.variants(), self._cpu_flags, override=self._settings.llm_library
+            self._payloads.variants(), self._cpu_flags, self._gpu, self._settings.llm_library
         )
+
+    def _uses_gpu(self) -> bool:
+        variants = self.variants()
+        return bool(self._gpu and variants and variants[0].startswith(self._gpu.library))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -351,7 +375,7 @@ class Scheduler:
         if self._loaded.get(entry.key) is entry:
             del self._loaded[entry.key]
         log.info("unloading %s (%s)", entry.key, reason)
-        task = asyncio.create_task(entry.runner.stop(force=force))
+        task = asyncio.create_task(self._stop_runner(entry, force))
         self._stopping.add(task)
         task.add_done_callback(self._stopped)
 
@@ -379,6 +403,7 @@ class Scheduler:
                     continue
                 if await entry.runner.check_health():
                     entry.health_failures = 0
+                    self._measure_vram(entry)  # NVML is too slow to ask per request
                     continue
                 entry.health_failures += 1
                 if entry.health_failures >= HEALTH_STRIKES and self._loaded.get(entry.key) is entry:
@@ -452,13 +477,39 @@ class Scheduler:
         )
 
     def _free_memory(self) -> tuple[int, int]:
-        """(budget, free): what runners may use in all, and what is left beside loaded ones."""
+        """(budget, free): what runners may use in all, and what is left beside loaded ones.
+
+        With a GPU runner, device memory counts too (less llama-server's per-device margin):
+        it places as many layers there as fit and the rest in RAM."""
         total, available = self._memory()
-        budget = self._settings.memory_budget or total
+        devices = self._gpu_probe() if self._uses_gpu() else []
+        device_total = sum(max(g.total - GPU_MARGIN, 0) for g in devices)
+        device_free = sum(max(g.free - GPU_MARGIN, 0) for g in devices)
+        budget = self._settings.memory_budget or total + device_total
         free = budget - sum(entry.need for entry in self._loaded.values())
         if self._settings.memory_budget is None:
-            free = min(free, available)  # other processes use this machine too
+            free = min(free, available + device_free)  # other processes use this machine too
         return budget, free
+
+    def _measure_vram(self, entry: _Loaded) -> None:
+        pid = entry.runner.pid
+        if self._uses_gpu() and pid is not None:
+            entry.vram = self._gpu_usage(pid)
+        entry.measure()
+
+    async def _stop_runner(self, entry: _Loaded, force: bool) -> None:
+        free_before = sum(g.free for g in self._gpu_probe()) if entry.vram else 0
+        await entry.runner.stop(force=force)
+        if not entry.vram:
+            return
+        # The driver reports freed device memory late; loading into it before then would
+        # see too little (Ollama's waitForVRAMRecovery).
+        deadline = time.monotonic() + VRAM_RECOVERY
+        while time.monotonic() < deadline:
+            if sum(g.free for g in self._gpu_probe()) >= free_before + entry.vram * 0.8:
+                return
+            await asyncio.sleep(0.1)
+        log.warning("GPU memory of %s not reported free after %.0fs", entry.key, VRAM_RECOVERY)
 
     def _make_room(self, wanted: frozenset[str]) -> None:
         views = [RunnerView(k, e.refs, e.keep_alive) for k, e in self._loaded.items()]
@@ -512,7 +563,7 @@ class Scheduler:
                 config.keep_alive if config.keep_alive is not None else self._settings.keep_alive
             )
             entry = _Loaded(key, shape, runner, keep_alive, estimate=need)
-            entry.measure()
+            self._measure_vram(entry)
             self._loaded[key] = entry
             log.info("memory for %s: estimated %s, resident %s", key, format_bytes(need),
                      format_bytes(entry.actual) if entry.actual else "unknown")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from runner.memory import GpuMemory
 from runner.payloads import Payloads
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
 from runner.scheduler import (
@@ -20,6 +21,7 @@ from runner.scheduler import (
     ShuttingDownError,
 )
 from runner.settings import ModelConfig, Settings
+from runner.variants import GpuInfo
 
 
 class FakeRunner:
@@ -110,22 +112,25 @@ MiB = 1 << 20
 
 
 def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = None,
-               memory: tuple[int, int] = (64 << 30, 64 << 30), **settings: Any) -> Scheduler:
+               memory: tuple[int, int] = (64 << 30, 64 << 30), **kwargs: Any) -> Scheduler:
     """A scheduler over models a, b, c, each with its own GGUF; ``needs`` sets estimates."""
     models = {}
     for name in ("a", "b", "c"):
         gguf = tmp_path / f"{name}.gguf"
         gguf.write_bytes(b"GGUF")
         models[name] = ModelConfig(source=str(gguf))
-    config = Settings(home=tmp_path, models=models, **settings)
-    payloads = Payloads(root=tmp_path / "p", sources={}, system_binary=tmp_path / "bin")
+    hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources")
+             if k in kwargs}
+    config = Settings(home=tmp_path, models=models, **kwargs)
+    payloads = Payloads(root=tmp_path / "p", sources=hooks.pop("sources", {}),
+                        system_binary=tmp_path / "bin")
     sizes = needs or {}
 
     def estimator(path: Path, ctx: int, parallel: int) -> int:
         return sizes.get(path.stem, 100 * MiB)
 
     return Scheduler(config, payloads, cpu_flags=frozenset(), runner_factory=factory,
-                     clock=lambda: 1000.0, estimator=estimator, memory=lambda: memory)
+                     clock=lambda: 1000.0, estimator=estimator, memory=lambda: memory, **hooks)
 
 
 async def _hold(scheduler: Scheduler, model: str) -> tuple[asyncio.Task[None], asyncio.Event]:
@@ -486,4 +491,65 @@ async def test_scheduler_one_missed_health_check_is_forgiven(tmp_path: Path) -> 
     runner.healthy = True
     await asyncio.sleep(0.05)
     assert [r.model for r in scheduler.loaded()] == ["a"]
+    await scheduler.close()
+
+
+def _gz_sources(tmp_path: Path, *variants: str) -> dict[str, Path]:
+    import gzip
+
+    sources = {}
+    for variant in variants:
+        path = tmp_path / f"{variant}.gz"
+        path.write_bytes(gzip.compress(b"#!/bin/sh\n"))
+        sources[variant] = path
+    return sources
+
+
+async def test_scheduler_launches_the_gpu_variant_when_a_gpu_is_present(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, gpu=GpuInfo("cuda", "v12"),
+                           gpu_probe=lambda: [GpuMemory(0, "H100", 80 << 30, 80 << 30)],
+                           gpu_usage=lambda pid: 0, sources=_gz_sources(tmp_path, "cpu",
+                                                                        "cuda_v12"))
+    await _use(scheduler, "a")
+    assert factory.made[0].variant == "cuda_v12"
+    await scheduler.close()
+
+
+async def test_scheduler_counts_gpu_memory_when_fitting(tmp_path: Path) -> None:
+    sources = _gz_sources(tmp_path, "cpu", "cuda_v12")
+    needs = {"a": 5 << 30}
+    cpu_only = _scheduler(tmp_path, Factory(), needs=needs, memory=(2 << 30, 2 << 30),
+                          sources=sources)
+    with pytest.raises(ModelTooLargeError):
+        await _use(cpu_only, "a")
+    await cpu_only.close()
+    with_gpu = _scheduler(tmp_path, Factory(), needs=needs, memory=(2 << 30, 2 << 30),
+                          gpu=GpuInfo("cuda", "v12"), gpu_usage=lambda pid: 0,
+                          gpu_probe=lambda: [GpuMemory(0, "L4", 8 << 30, 8 << 30)],
+                          sources=sources)
+    assert await _use(with_gpu, "a") == "a"
+    await with_gpu.close()
+
+
+async def test_scheduler_waits_for_gpu_memory_to_return_after_unload(tmp_path: Path) -> None:
+    readings = iter([4 << 30] + [4 << 30] * 3 + [6 << 30] * 100)
+    polls: list[float] = []
+
+    def probe() -> list[GpuMemory]:
+        polls.append(asyncio.get_running_loop().time())
+        return [GpuMemory(0, "L4", 24 << 30, next(readings))]
+
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, gpu=GpuInfo("cuda", "v12"), gpu_probe=probe,
+                           gpu_usage=lambda pid: 2 << 30,
+                           sources=_gz_sources(tmp_path, "cuda_v12"))
+    await _use(scheduler, "a", keep_alive=0)
+    polls.clear()
+    for _ in range(100):
+        if not scheduler._stopping:
+            break
+        await asyncio.sleep(0.05)
+    assert not scheduler._stopping
+    assert len(polls) >= 4, "the unload finished before the GPU reported its memory free"
     await scheduler.close()
