@@ -7,8 +7,13 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test lint payloads model toolchain clean
 
+# Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "python venv support is needed: sudo apt-get install python3-venv" >&2; exit 1; fi; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,build]'
 	touch $@
