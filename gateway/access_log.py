@@ -1,13 +1,26 @@
-"""One log line per request: method, path, status, duration (plain ASGI; streams untouched)."""
+"""One log line per request, and its ``x-request-id`` (the client's, or a new one) in and out.
+
+Plain ASGI: streamed bodies pass through untouched.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("switchboard.access")
+_ID_HEADER = b"x-request-id"
+
+
+def _request_id(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        # Echo a client's id only if it is short and printable: it lands in our log lines.
+        if name == _ID_HEADER and 0 < len(value) <= 128 and all(33 <= c < 127 for c in value):
+            return bytes(value)
+    return uuid.uuid4().hex.encode()
 
 
 class AccessLog:
@@ -20,22 +33,26 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 0
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (_ID_HEADER, request_id)]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_with_id)
         finally:
             client = scope.get("client")
             log.info(
-                '%s "%s %s" %d %.1fms',
+                '%s "%s %s" %d %.1fms id=%s',
                 client[0] if client else "-",
                 scope["method"],
                 scope["path"],
                 status or 500,
                 (time.perf_counter() - started) * 1000,
+                request_id.decode(),
             )

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from gateway import admin, chat, embeddings, health, models
+from gateway import admin, chat, completions, embeddings, health, models
 from gateway.access_log import AccessLog
+from gateway.auth import APIKeyAuth
+from gateway.body_limit import BodyLimit
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.upstream import UpstreamPool
 from runner.memory import gpu_library
@@ -45,9 +47,14 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=[
-            *chat.routes, *embeddings.routes, *models.routes, *admin.routes, *health.routes,
+            *chat.routes, *completions.routes, *embeddings.routes, *models.routes,
+            *admin.routes, *health.routes,
         ],
-        middleware=[Middleware(AccessLog)],
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(APIKeyAuth, keys=settings.api_keys),
+            Middleware(BodyLimit, limit=settings.max_body_bytes),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

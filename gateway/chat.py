@@ -20,12 +20,19 @@ async def chat_completions(request: Request) -> Relay:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
+    n = data.get("n")
+    if n is not None and n != 1:
+        # llama-server answers 500 here, which the OpenAI SDK would retry.
+        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
     stream = require_flag(data, "stream")
-    keep_alive, present = take_keep_alive(data)
-    if present:
+    keep_alive, changed = take_keep_alive(data)
+    if "max_completion_tokens" in data:
+        # OpenAI's newer name; llama-server reads max_tokens.
+        data.setdefault("max_tokens", data.pop("max_completion_tokens"))
+        changed = True
+    if changed:
         body = orjson.dumps(data)
-    state = request.app.state
-    return Relay(state.scheduler, state.upstream, model, PATH, body, stream, keep_alive)
+    return Relay.for_request(request, model, PATH, body, stream, keep_alive)
 
 
 routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]

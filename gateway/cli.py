@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -40,11 +41,24 @@ async def _serve(settings: Settings) -> None:
     await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     settings = load_settings(args.config, host=args.host, port=args.port)
     _setup_logging(settings.log_level)
+    if not settings.api_keys and not _is_loopback(settings.host) and not args.insecure:
+        print(f"serve: refusing to listen on {settings.host} without API keys: set "
+              "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
+        return 2
     logging.getLogger(__name__).info(
         "switchboard serving on http://%s:%d/v1 (models: %s)",
         settings.host, settings.port, ", ".join(settings.models),
@@ -147,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the OpenAI API", parents=[common])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback address without API keys")
     serve.set_defaults(func=cmd_serve)
 
     build = sub.add_parser("build-runners", help="compile llama-server payloads", parents=[common])

@@ -36,9 +36,7 @@ async def embeddings(request: Request) -> Relay:
     keep_alive, present = take_keep_alive(data)
     if present:
         body = orjson.dumps(data)
-    state = request.app.state
-    return Relay(state.scheduler, state.upstream, model, PATH, body, False, keep_alive,
-                 _EMBEDDINGS)
+    return Relay.for_request(request, model, PATH, body, False, keep_alive, _EMBEDDINGS)
 
 
 routes = [Route("/v1/embeddings", embeddings, methods=["POST"])]

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 log = logging.getLogger(__name__)
 
+_RETRYABLE = frozenset({408, 409, 429})
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -61,7 +62,12 @@ class APIError(Exception):
         return orjson.dumps(error_payload(self.message, self.type, self.param, self.code))
 
     def response(self) -> Response:
-        return Response(self.body(), self.status, self.headers, media_type="application/json")
+        headers = dict(self.headers or {})
+        if self.status < 500 and self.status not in _RETRYABLE:
+            # The OpenAI SDK retries 408/409/429/5xx unless told otherwise; these would fail
+            # the same way again.
+            headers.setdefault("x-should-retry", "false")
+        return Response(self.body(), self.status, headers, media_type="application/json")
 
 
 def normalise_error(raw: bytes, status: int) -> bytes:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 import orjson
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import APIError, error_payload, normalise_error
@@ -57,6 +58,21 @@ async def _abort_on_disconnect(receive: Receive, upstream: UpstreamResponse) -> 
 
 class Relay:
     """An ASGI response that leases a runner, forwards the request and streams the answer."""
+
+    @classmethod
+    def for_request(
+        cls,
+        request: Request,
+        model: str,
+        path: bytes,
+        body: bytes,
+        stream: bool,
+        keep_alive: float | None,
+        options: RunnerOptions | None = None,
+    ) -> Relay:
+        state = request.app.state
+        return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
+                   options)
 
     def __init__(
         self,

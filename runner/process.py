@@ -87,6 +87,7 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
         "--port", str(port),
         "--ctx-size", str(spec.ctx_size),
         "--parallel", str(spec.parallel),
+        "--jinja",  # the GGUF's own chat template: tools and response formats need it
         # One HTTP thread per slot, one for a request waiting on a slot, one for /health; the
         # relay holds at most parallel + 1 connections (why: gateway.upstream.UpstreamPool).
         "--threads-http", str(http_threads(spec.parallel)),

@@ -138,6 +138,10 @@ class Settings(BaseModel):
     llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")
     llama_server: Path | None = Field(None, description="system llama-server used without payloads")
     api_keys: CommaList = Field((), description="keys clients must send; empty = no auth")
+    api_keys_file: Path | None = Field(None, description="more keys, one per line ('#' comments)")
+    max_body_bytes: ByteSize = Field(
+        32 * _MIB, description="largest request body accepted (413 beyond)"
+    )
     threads: int | None = Field(None, ge=1, description="llama-server --threads; None = its own")
     log_level: str = Field("info", description="debug, info, warning or error")
     models: dict[str, ModelConfig] = Field(
@@ -192,9 +196,17 @@ def load_settings(
         file_values = loaded
     merged = {**file_values, **env, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError(f"invalid settings: {exc}") from exc
+    if settings.api_keys_file is not None:
+        try:
+            lines = settings.api_keys_file.read_text().splitlines()
+        except OSError as exc:
+            raise SettingsError(f"cannot read api_keys_file: {exc}") from exc
+        extra = tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+        settings = settings.model_copy(update={"api_keys": settings.api_keys + extra})
+    return settings
 
 
 def child_environment() -> dict[str, str]:

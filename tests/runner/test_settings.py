@@ -81,3 +81,13 @@ def test_only_the_settings_module_reads_the_environment() -> None:
         if path.name != "settings.py" and pattern.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_api_keys_file_adds_keys_skipping_comments(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# team\nk-file\n\n  k-two  \n")
+    settings = load_settings(environ={"SWITCHBOARD_API_KEYS": "k-env",
+                                      "SWITCHBOARD_API_KEYS_FILE": str(keys)})
+    assert settings.api_keys == ("k-env", "k-file", "k-two")
+    with pytest.raises(SettingsError, match="api_keys_file"):
+        load_settings(environ={"SWITCHBOARD_API_KEYS_FILE": str(tmp_path / "missing")})

@@ -1,0 +1,110 @@
+"""OpenAI API conformance through the SDK: auth, limits, request ids, completions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.e2e.server import Served, environment, gemma_models, start_server
+
+KEY = "sk-test-1"
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+pytestmark = pytest.mark.usefixtures("real_variants")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("api")
+    keys = root / "keys.txt"
+    keys.write_text("# operators\nsk-from-file\n\n")
+    server = start_server(root, gemma_models(gemma_path), {
+        "SWITCHBOARD_API_KEYS": f"{KEY},sk-test-2",
+        "SWITCHBOARD_API_KEYS_FILE": str(keys),
+        "SWITCHBOARD_MAX_BODY_BYTES": "64KiB",
+    })
+    yield server
+    server.stop()
+
+
+def _client(served: Served, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_wrong_or_missing_key_is_an_authentication_error(served: Served) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        _client(served, "sk-wrong").models.list()
+    assert httpx.get(f"{served.url}/v1/models").status_code == 401
+    assert httpx.get(f"{served.url}/api/ps").status_code == 401
+    assert httpx.get(f"{served.url}/health").status_code == 200, "/health stays open"
+
+
+def test_every_configured_key_works(served: Served) -> None:
+    for key in (KEY, "sk-test-2", "sk-from-file"):
+        assert "gemma3:270m" in [m.id for m in _client(served, key).models.list()]
+
+
+def test_n_above_one_is_a_bad_request_not_retried(served: Served) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        _client(served).chat.completions.create(model="gemma3:270m", messages=HI, n=2)
+    assert info.value.response.headers["x-should-retry"] == "false"
+
+
+def test_max_completion_tokens_limits_the_reply(served: Served) -> None:
+    reply = _client(served).chat.completions.create(
+        model="gemma3:270m", messages=HI, max_completion_tokens=3, temperature=0)
+    assert reply.usage is not None and reply.usage.completion_tokens <= 3
+
+
+def test_completions_plain_and_streamed(served: Served) -> None:
+    client = _client(served)
+    reply = client.completions.create(model="gemma3:270m", prompt="The sky is", max_tokens=5)
+    assert reply.choices[0].text and reply.model == "gemma3:270m"
+    chunks = list(client.completions.create(model="gemma", prompt=["Once upon a time"],
+                                            max_tokens=5, stream=True))
+    assert len(chunks) >= 3 and {c.model for c in chunks} == {"gemma"}
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="gemma3:270m", prompt=[{"x": 1}])  # type: ignore[arg-type]
+
+
+def test_oversized_body_is_a_413(served: Served) -> None:
+    big = {"model": "gemma3:270m", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    response = httpx.post(f"{served.url}/v1/chat/completions", json=big, headers=headers)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "gemma3:270m", "messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"x" * 5000
+        yield b'"}]}'
+
+    chunked = httpx.post(f"{served.url}/v1/chat/completions", content=chunks(),
+                         headers=headers)
+    assert chunked.status_code == 413
+
+
+def test_request_id_is_echoed_or_made(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    echoed = httpx.get(f"{served.url}/v1/models", headers={**headers, "x-request-id": "abc-1"})
+    assert echoed.headers["x-request-id"] == "abc-1"
+    made = httpx.get(f"{served.url}/v1/models", headers=headers)
+    assert len(made.headers["x-request-id"]) == 32
+    assert "id=abc-1" in served.log_text()
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        env=environment(SWITCHBOARD_HOME=str(tmp_path)), capture_output=True, text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--insecure" in result.stderr
