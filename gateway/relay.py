@@ -163,7 +163,8 @@ class Relay:
             "type": "http.response.start",
             "status": upstream.status,
             "headers": [(b"content-type", upstream.header(b"content-type") or b"text/event-stream"),
-                        (b"cache-control", b"no-cache")],
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no")],  # proxies must not hold chunks back
         })
         rewrite = _model_rewriter(lease)
         pending = b""

@@ -108,3 +108,34 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--insecure" in result.stderr
+
+
+def test_stream_with_include_usage_ends_with_a_usage_chunk(served: Served) -> None:
+    chunks = list(_client(served).chat.completions.create(
+        model="gemma3:270m", messages=HI, max_tokens=4, stream=True,
+        stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens > 0 and last.usage.prompt_tokens > 0
+
+
+def test_embeddings_base64_and_float_give_the_same_vectors(served: Served) -> None:
+    client = _client(served)
+    texts = ["first text", "second text", "third"]
+    default = client.embeddings.create(model="gemma3:270m", input=texts)  # base64 on the wire
+    floats = client.embeddings.create(model="gemma3:270m", input=texts, encoding_format="float")
+    assert [d.index for d in default.data] == [0, 1, 2]
+    for a, b in zip(default.data, floats.data, strict=True):
+        assert a.embedding == pytest.approx(b.embedding, rel=1e-5, abs=1e-6)
+    assert default.usage.prompt_tokens > 0
+
+
+def test_streams_are_not_buffered_by_proxies(served: Served) -> None:
+    body = {"model": "gemma3:270m", "messages": HI, "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:
+        lines = list(response.iter_lines())
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.headers["content-type"].startswith("text/event-stream")
+    data = [line for line in lines if line]
+    assert data[-1] == "data: [DONE]" and not any(line.startswith("id:") for line in data)
