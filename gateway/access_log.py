@@ -11,6 +11,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.metrics import Metrics
+
 log = logging.getLogger("switchboard.access")
 _ID_HEADER = b"x-request-id"
 
@@ -24,8 +26,9 @@ def _request_id(scope: Scope) -> bytes:
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,6 +49,12 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                route = scope.get("route")
+                # Route templates, not raw paths, keep the label set bounded.
+                path = getattr(route, "path", "other")
+                self.metrics.observe_request(path, status or 500, elapsed)
             client = scope.get("client")
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',
@@ -53,6 +62,6 @@ class AccessLog:
                 scope["method"],
                 scope["path"],
                 status or 500,
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
                 request_id.decode(),
             )

@@ -14,6 +14,8 @@ from gateway.access_log import AccessLog
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.metrics import Metrics
+from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
 from runner.memory import gpu_library
 from runner.payloads import extract, find_system_binary
@@ -25,15 +27,22 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> Starlette:
     """The gateway; runners are extracted at startup and all stopped and removed at shutdown."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         system_binary = find_system_binary(settings.llama_server)
         payloads = extract(settings.tmpdir, settings.home, system_binary)
         gpu = gpu_library()
-        scheduler = Scheduler(settings, payloads, gpu=gpu)
+
+        def loaded(model: str, seconds: float) -> None:
+            metrics.load_seconds.labels(model).observe(seconds)
+
+        scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded)
+        metrics.scheduler = scheduler
         upstream = UpstreamPool()
         app.state.settings = settings
+        app.state.metrics = metrics
         app.state.scheduler = scheduler
         app.state.upstream = upstream
         log.info("runner variants for this machine, best first: %s (GPU library: %s)",
@@ -48,10 +57,10 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             *chat.routes, *completions.routes, *embeddings.routes, *models.routes,
-            *admin.routes, *health.routes,
+            *admin.routes, *health.routes, *metrics_routes,
         ],
         middleware=[
-            Middleware(AccessLog),
+            Middleware(AccessLog, metrics=metrics),
             Middleware(APIKeyAuth, keys=settings.api_keys),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
         ],

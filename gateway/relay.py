@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import APIError, error_payload, normalise_error
+from gateway.metrics import Metrics
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
@@ -72,7 +73,7 @@ class Relay:
     ) -> Relay:
         state = request.app.state
         return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
-                   options)
+                   options, state.metrics)
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class Relay:
         stream: bool,
         keep_alive: float | None = None,
         options: RunnerOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -93,6 +95,7 @@ class Relay:
         self._stream = stream
         self._keep_alive = keep_alive
         self._options = options
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -146,6 +149,8 @@ class Relay:
         if upstream.status >= 400:
             body = normalise_error(body, upstream.status)
         else:
+            if self._metrics is not None:
+                self._metrics.observe_usage(lease.model, body)
             rewrite = _model_rewriter(lease)
             if rewrite is not None:
                 body = body.replace(*rewrite)
@@ -168,8 +173,11 @@ class Relay:
         })
         rewrite = _model_rewriter(lease)
         pending = b""
+        stats = b""  # the last event with token counts: counted once, when the stream ends
         try:
             async for chunk in upstream.chunks():
+                if b'"timings"' in chunk or b'"usage"' in chunk:
+                    stats = chunk
                 if rewrite is not None:
                     # Rewrite whole events only: an event split across reads must not dodge it.
                     pending += chunk
@@ -181,6 +189,8 @@ class Relay:
                     chunk = self._normalise_event(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = pending
+            if stats and self._metrics is not None:
+                self._metrics.observe_usage(lease.model, stats[stats.rfind(b"data: {"):])
         except UpstreamError as exc:
             if upstream.aborted:
                 log.info("client left mid-stream; cancelled generation on %s", lease.model)

@@ -242,6 +242,7 @@ class Scheduler:
         gpu: GpuInfo | None = None,
         gpu_probe: GpuProbe = gpus,
         gpu_usage: GpuUsage = gpu_memory_of,
+        on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self._settings = settings
         self._payloads = payloads
@@ -253,6 +254,7 @@ class Scheduler:
         self._gpu = gpu
         self._gpu_probe = gpu_probe
         self._gpu_usage = gpu_usage
+        self._on_load = on_load
         self._learned: dict[str, int] = {}  # model -> measured need of its last runner
         self._paths = ModelPaths(settings.home)
         self._loaded: dict[str, _Loaded] = {}
@@ -263,6 +265,10 @@ class Scheduler:
         self._monitor: asyncio.Task[None] | None = None
         self._closed = False
         self.loads = 0  # runners started, for tests and metrics
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(1 for pending in self._pending if not pending.future.done())
 
     @property
     def max_loaded(self) -> int:
@@ -568,6 +574,8 @@ class Scheduler:
             log.info("memory for %s: estimated %s, resident %s", key, format_bytes(need),
                      format_bytes(entry.actual) if entry.actual else "unknown")
             self.loads += 1
+            if self._on_load is not None:
+                self._on_load(key, runner.load_seconds)
             return entry
         raise NoRunnerError("no runner variant could start: " + "; ".join(errors))
 

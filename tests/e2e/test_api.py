@@ -139,3 +139,32 @@ def test_streams_are_not_buffered_by_proxies(served: Served) -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     data = [line for line in lines if line]
     assert data[-1] == "data: [DONE]" and not any(line.startswith("id:") for line in data)
+
+
+def test_metrics_count_requests_tokens_loads_and_runners(served: Served) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = _client(served)
+    client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=3)
+    list(client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=3,
+                                        stream=True))
+    text = httpx.get(f"{served.url}/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    chat = "/v1/chat/completions"
+    assert value("switchboard_requests_total", route=chat, status="200") >= 2
+    assert value("switchboard_request_duration_seconds_count", route=chat) >= 2
+    assert value("switchboard_completion_tokens_total", model="gemma3:270m") >= 2
+    assert value("switchboard_prompt_tokens_total", model="gemma3:270m") > 0
+    assert value("switchboard_runner_load_seconds_count", model="gemma3:270m") >= 1
+    assert value("switchboard_loaded_runners", model="gemma3:270m", mode="chat") == 1
+    assert value("switchboard_runner_memory_bytes", model="gemma3:270m", mode="chat") > 0
+    assert ("switchboard_queue_depth", ()) in samples
+    assert value("switchboard_requests_total", route="other", status="404") == 0

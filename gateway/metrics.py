@@ -1,0 +1,105 @@
+"""GET /metrics: Prometheus text format, on a registry of this app's own (not the global one).
+
+Request counts and latency are recorded by the access-log middleware, tokens by the relay
+(from the usage a runner reports), load times by the scheduler's load hook; queue depth, loaded
+runners and in-flight requests are read from the scheduler when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
+
+
+class _SchedulerGauges(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        scheduler = self._metrics.scheduler
+        if scheduler is None:
+            return
+        runners = scheduler.loaded()
+        yield GaugeMetricFamily("switchboard_queue_depth", "requests waiting for a runner",
+                                value=scheduler.queue_depth)
+        loaded = GaugeMetricFamily("switchboard_loaded_runners", "runners loaded",
+                                   labels=["model", "mode"])
+        in_flight = GaugeMetricFamily("switchboard_in_flight_requests",
+                                      "requests holding a runner", labels=["model", "mode"])
+        memory = GaugeMetricFamily("switchboard_runner_memory_bytes",
+                                   "measured runner memory (RSS + VRAM)", labels=["model", "mode"])
+        for info in runners:
+            labels = [info.model, info.mode]
+            loaded.add_metric(labels, 1)
+            in_flight.add_metric(labels, info.in_flight)
+            memory.add_metric(labels, info.actual_bytes or 0)
+        yield loaded
+        yield in_flight
+        yield memory
+
+
+class Metrics:
+    """The gateway's metrics; ``scheduler`` is attached once the app has started."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.scheduler: Any = None
+        self.requests = Counter("switchboard_requests", "HTTP requests answered",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("switchboard_request_duration_seconds",
+                                 "time to the end of the response", ["route"],
+                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.prompt_tokens = Counter("switchboard_prompt_tokens", "prompt tokens processed",
+                                     ["model"], registry=self.registry)
+        self.completion_tokens = Counter("switchboard_completion_tokens",
+                                         "tokens generated", ["model"], registry=self.registry)
+        self.load_seconds = Histogram("switchboard_runner_load_seconds",
+                                      "spawn to /health 200", ["model"],
+                                      buckets=_LOAD_BUCKETS, registry=self.registry)
+        self.registry.register(_SchedulerGauges(self))
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_usage(self, model: str, body: bytes) -> None:
+        """Count tokens from a response body or SSE event carrying ``usage`` or ``timings``."""
+        start = body.find(b"{")
+        if start < 0:
+            return
+        try:
+            data = orjson.loads(body[start:].split(b"\n\n", 1)[0])
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(data, dict):
+            return
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        elif isinstance(timings := data.get("timings"), dict):
+            prompt, completion = timings.get("prompt_n"), timings.get("predicted_n")
+        else:
+            return
+        if isinstance(prompt, int):
+            self.prompt_tokens.labels(model).inc(prompt)
+        if isinstance(completion, int):
+            self.completion_tokens.labels(model).inc(completion)
+
+
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+routes = [Route("/metrics", metrics, methods=["GET"])]
