@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway import admin, chat, completions, embeddings, health, models
 from gateway.access_log import AccessLog
@@ -61,6 +62,11 @@ def create_app(settings: Settings) -> Starlette:
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics),
+            # Before auth: a browser's preflight carries no credentials.
+            Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                       allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["authorization", "content-type", "x-request-id"],
+                       expose_headers=["x-request-id"]),
             Middleware(APIKeyAuth, keys=settings.api_keys),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
         ],

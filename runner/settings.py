@@ -139,6 +139,7 @@ class Settings(BaseModel):
     llama_server: Path | None = Field(None, description="system llama-server used without payloads")
     api_keys: CommaList = Field((), description="keys clients must send; empty = no auth")
     api_keys_file: Path | None = Field(None, description="more keys, one per line ('#' comments)")
+    cors_origins: CommaList = Field((), description="browser origins allowed; '*' for any")
     max_body_bytes: ByteSize = Field(
         32 * _MIB, description="largest request body accepted (413 beyond)"
     )

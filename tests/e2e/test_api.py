@@ -168,3 +168,24 @@ def test_metrics_count_requests_tokens_loads_and_runners(served: Served) -> None
     assert value("switchboard_runner_memory_bytes", model="gemma3:270m", mode="chat") > 0
     assert ("switchboard_queue_depth", ()) in samples
     assert value("switchboard_requests_total", route="other", status="404") == 0
+
+
+def test_cors_is_off_unless_origins_are_configured(served: Served) -> None:
+    preflight = httpx.options(f"{served.url}/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_allows_configured_origins(tmp_path: Path, gemma_path: Path) -> None:
+    served = start_server(tmp_path, gemma_models(gemma_path),
+                          {"SWITCHBOARD_CORS_ORIGINS": "https://app.example"})
+    try:
+        preflight = httpx.options(f"{served.url}/v1/chat/completions", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.get(f"{served.url}/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        served.stop()
