@@ -53,6 +53,24 @@ def resolve_source(source: str, home: Path, base: Path | None = None) -> Path:
     )
 
 
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def resolve_template(name: str, base: Path | None = None) -> Path:
+    """A chat template file: one bundled with switchboard by name, or a path to a .jinja."""
+    bundled = TEMPLATES / f"{name}.jinja"
+    if "/" not in name and bundled.is_file():
+        return bundled
+    path = Path(name).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if path.suffix == ".jinja" and path.is_file():
+        return path
+    known = ", ".join(sorted(p.stem for p in TEMPLATES.glob("*.jinja")))
+    raise ModelSourceError(f"chat template {name!r} is neither bundled ({known}) nor a "
+                           ".jinja file")
+
+
 class ModelPaths:
     """Resolves each source once per process; concurrent callers share one resolution."""
 

@@ -75,6 +75,7 @@ class LaunchSpec:
     embeddings: bool = False
     extra_args: tuple[str, ...] = ()
     pooling: str | None = None  # for embeddings when the GGUF names none
+    chat_template: Path | None = None  # a Jinja file replacing the GGUF's own
 
 
 def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
@@ -87,11 +88,18 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
         "--port", str(port),
         "--ctx-size", str(spec.ctx_size),
         "--parallel", str(spec.parallel),
-        "--jinja",  # the GGUF's own chat template: tools and response formats need it
+
         # One HTTP thread per slot, one for a request waiting on a slot, one for /health; the
         # relay holds at most parallel + 1 connections (why: gateway.upstream.UpstreamPool).
         "--threads-http", str(http_threads(spec.parallel)),
     ]
+    if spec.chat_template is not None:
+        argv += ["--chat-template-file", str(spec.chat_template)]
+    # Jinja templates (the GGUF's own, or a file) are what tools and response formats need.
+    # llama.cpp enables Jinja by default and then reads '--chat-template gemma' as the
+    # literal template text "gemma", making every prompt that one word; a built-in template
+    # name therefore needs --no-jinja.
+    argv.append("--no-jinja" if _named_builtin_template(spec.extra_args) else "--jinja")
     if spec.gpu_layers != "auto":
         argv += ["--n-gpu-layers", str(spec.gpu_layers)]
     if spec.threads is not None:
@@ -102,6 +110,13 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
             argv += ["--pooling", spec.pooling]
     argv += spec.extra_args
     return argv
+
+
+def _named_builtin_template(args: tuple[str, ...]) -> bool:
+    if "--chat-template" not in args:
+        return False
+    index = args.index("--chat-template") + 1
+    return index < len(args) and "{" not in args[index]
 
 
 def http_threads(parallel: int) -> int:

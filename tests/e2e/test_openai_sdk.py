@@ -151,3 +151,15 @@ def test_client_leaving_mid_stream_stops_generation(client: openai.OpenAI,
     left = time.monotonic()
     assert wait_until(lambda: not busy(), 1.0), "runner still generating 1 s after the client left"
     assert time.monotonic() - left < 1.0
+
+
+def test_the_messages_reach_the_model_through_its_chat_template(client: openai.OpenAI) -> None:
+    short = client.chat.completions.create(model="gemma3:270m", max_tokens=1, messages=[
+        {"role": "user", "content": "hi"}])
+    long = client.chat.completions.create(model="gemma3:270m", max_tokens=1, messages=[
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Tell me about lighthouses and their keepers, please."}])
+    assert short.usage is not None and long.usage is not None
+    # A template wraps turns in markers, so even "hi" is more than BOS plus one token.
+    assert short.usage.prompt_tokens > 4
+    assert long.usage.prompt_tokens > short.usage.prompt_tokens + 8

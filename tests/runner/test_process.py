@@ -55,6 +55,23 @@ def test_build_argv_passes_alias_loopback_and_only_set_flags(tmp_path: Path) -> 
     assert "--n-gpu-layers" not in argv and "--threads" not in argv
     assert argv[-2:] == ["--flash-attn", "on"]
     assert not any("key" in arg for arg in argv), "the API key must not be visible in ps"
+    assert "--jinja" in argv
+
+
+def test_build_argv_runs_a_named_builtin_template_without_jinja(tmp_path: Path) -> None:
+    named = build_argv(tmp_path / "llama-server",
+                       _spec(tmp_path / "m.gguf", "--chat-template", "chatml"), 4242)
+    assert "--no-jinja" in named and "--jinja" not in named
+    literal = build_argv(tmp_path / "llama-server",
+                         _spec(tmp_path / "m.gguf", "--chat-template", "{{ x }}"), 4242)
+    assert "--jinja" in literal
+
+
+def test_build_argv_passes_a_template_file(tmp_path: Path) -> None:
+    spec = LaunchSpec(model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1,
+                      chat_template=tmp_path / "t.jinja")
+    argv = build_argv(tmp_path / "llama-server", spec, 1)
+    assert argv[argv.index("--chat-template-file") + 1] == str(tmp_path / "t.jinja")
 
 
 async def test_runner_real_llama_server_requires_its_key(real_runner: RunnerProcess) -> None:

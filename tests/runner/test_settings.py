@@ -91,3 +91,14 @@ def test_api_keys_file_adds_keys_skipping_comments(tmp_path: Path) -> None:
     assert settings.api_keys == ("k-env", "k-file", "k-two")
     with pytest.raises(SettingsError, match="api_keys_file"):
         load_settings(environ={"SWITCHBOARD_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_resolve_template_bundled_or_file(tmp_path: Path) -> None:
+    from runner.models import ModelSourceError, resolve_template
+
+    assert resolve_template("gemma").name == "gemma.jinja"
+    mine = tmp_path / "mine.jinja"
+    mine.write_text("{{ messages }}")
+    assert resolve_template(str(mine)) == mine
+    with pytest.raises(ModelSourceError, match="gemma"):
+        resolve_template("no-such-template")
