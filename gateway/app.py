@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from gateway import admin, chat, completions, embeddings, health, models
+from gateway import admin, chat, completions, embeddings, health, models, openapi
 from gateway.access_log import AccessLog
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             *chat.routes, *completions.routes, *embeddings.routes, *models.routes,
-            *admin.routes, *health.routes, *metrics_routes,
+            *admin.routes, *health.routes, *metrics_routes, *openapi.routes,
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics),

@@ -120,12 +120,12 @@ def start_server(
     config = write_config(root / "switchboard.yaml", models)
     port = free_port()
     log = root / f"server-{port}.log"
-    full_env = environment(
-        SWITCHBOARD_TMPDIR=str(tmpdir),
-        SWITCHBOARD_HOME=str(root / "home"),
-        SWITCHBOARD_LOG_LEVEL="info",
+    full_env = environment(**{
+        "SWITCHBOARD_TMPDIR": str(tmpdir),
+        "SWITCHBOARD_HOME": str(root / "home"),
+        "SWITCHBOARD_LOG_LEVEL": "info",
         **(env or {}),
-    )
+    })
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve",
