@@ -7,7 +7,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import parse_object, require_flag, require_model, take_keep_alive
+from gateway.payload import (
+    parse_object,
+    require_flag,
+    require_model,
+    require_single_choice,
+    take_keep_alive,
+)
 from gateway.relay import Relay
 
 PATH = b"/v1/chat/completions"
@@ -20,10 +26,7 @@ async def chat_completions(request: Request) -> Relay:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
-    n = data.get("n")
-    if n is not None and n != 1:
-        # llama-server answers 500 here, which the OpenAI SDK would retry.
-        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
+    require_single_choice(data)
     stream = require_flag(data, "stream")
     keep_alive, changed = take_keep_alive(data)
     if "max_completion_tokens" in data:

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import parse_object, require_model, take_keep_alive
+from gateway.payload import is_text_or_tokens, parse_object, require_model, take_keep_alive
 from gateway.relay import Relay
 from runner.scheduler import RunnerOptions
 
@@ -15,22 +15,11 @@ PATH = b"/v1/embeddings"
 _EMBEDDINGS = RunnerOptions(embeddings=True)
 
 
-def _valid_input(value: object) -> bool:
-    if isinstance(value, str):
-        return True
-    if not isinstance(value, list) or not value:
-        return False
-    # A string, strings, token ids, or lists of token ids, as OpenAI accepts.
-    return all(isinstance(item, str | int) for item in value) or all(
-        isinstance(item, list) and all(isinstance(t, int) for t in item) for item in value
-    )
-
-
 async def embeddings(request: Request) -> Relay:
     body = await request.body()
     data = parse_object(body)
     model = require_model(data)
-    if not _valid_input(data.get("input")):
+    if not is_text_or_tokens(data.get("input")):
         raise APIError(400, "'input' must be a string, an array of strings, or token arrays",
                        param="input")
     keep_alive, present = take_keep_alive(data)

@@ -48,3 +48,21 @@ def require_flag(data: dict[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise APIError(400, f"'{name}' must be a boolean", param=name)
     return value
+
+
+def is_text_or_tokens(value: object) -> bool:
+    """OpenAI's forms for a prompt or an input: a string, strings, token ids, token arrays."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and bool(value) and (
+        all(isinstance(item, str) for item in value)
+        or all(isinstance(item, int) for item in value)
+        or all(isinstance(item, list) and all(isinstance(t, int) for t in item) for item in value)
+    )
+
+
+def require_single_choice(data: dict[str, Any]) -> None:
+    """Only n=1: llama-server answers other values with a 500, which the SDK would retry."""
+    n = data.get("n")
+    if n is not None and n != 1:
+        raise APIError(400, "only n=1 is supported", param="n", code="unsupported_value")
