@@ -355,9 +355,6 @@ class Scheduler:
         entry.refs -= 1
         if entry.refs > 0 or self._loaded.get(entry.key) is not entry:
             return
-        measured = entry.measure()
-        if measured is not None:
-            self._learned[entry.key] = measured
         if entry.draining or entry.keep_alive == 0:
             self._unload(entry, "drained" if entry.draining else "keep_alive 0")
             return
@@ -375,6 +372,7 @@ class Scheduler:
         self._unload(entry, "keep-alive expired")
 
     def _unload(self, entry: _Loaded, reason: str, force: bool = False) -> None:
+        self._remember(entry)
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -501,7 +499,14 @@ class Scheduler:
         pid = entry.runner.pid
         if self._uses_gpu() and pid is not None:
             entry.vram = self._gpu_usage(pid)
-        entry.measure()
+        self._remember(entry)
+
+    def _remember(self, entry: _Loaded) -> None:
+        """Record the runner's peak memory for the next fit of this model. Sampled at load,
+        on health checks, on /api/ps and before an unload; never per request (a /proc read)."""
+        measured = entry.measure()
+        if measured is not None:
+            self._learned[entry.key] = measured
 
     async def _stop_runner(self, entry: _Loaded, force: bool) -> None:
         free_before = sum(g.free for g in self._gpu_probe()) if entry.vram else 0
