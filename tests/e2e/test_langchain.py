@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel, Field, SecretStr
 
@@ -65,3 +66,17 @@ def test_openai_embeddings_documents_and_query(served: Served) -> None:
     query = embeddings.embed_query("a question")
     assert [len(vector) for vector in documents] == [640, 640]
     assert len(query) == 640 and documents[0] != documents[1]
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the current weather for a city."""
+    return f"It is sunny in {city}."
+
+
+def test_chat_openai_bound_tool_yields_a_tool_call(served: Served) -> None:
+    model = _chat(served, max_tokens=96).bind_tools([get_weather], tool_choice="any")
+    reply = model.invoke("What is the weather in Paris?")
+    assert isinstance(reply, AIMessage) and reply.tool_calls
+    call = reply.tool_calls[0]
+    assert call["name"] == "get_weather" and isinstance(call["args"].get("city"), str)
