@@ -185,7 +185,7 @@ class Relay:
                     if cut < 2:
                         continue
                     chunk, pending = pending[:cut].replace(*rewrite), pending[cut:]
-                if chunk.startswith(_SSE_ERROR_PREFIX):
+                if chunk.startswith(_SSE_ERROR_PREFIX) or chunk.startswith(b"error:"):
                     chunk = self._normalise_event(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = pending
@@ -202,5 +202,8 @@ class Relay:
 
     @staticmethod
     def _normalise_event(chunk: bytes) -> bytes:
+        """An error event in OpenAI's shape; older llama-servers sent 'error: {...}' lines,
+        which SSE clients drop as an unknown field, hiding the failure."""
         event, sep, rest = chunk.partition(b"\n\n")
-        return b"data: " + normalise_error(event[6:], 500) + sep + rest
+        payload = event.split(b":", 1)[1].strip()
+        return b"data: " + normalise_error(payload, 500) + (sep or b"\n\n") + rest

@@ -23,6 +23,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Itera
     models = {
         "crashy": {"source": str(dummy), "args": ["--fake-mode", "crash-mid-stream"]},
         "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},
+        "erring": {"source": str(dummy), "args": ["--fake-mode", "error-line"]},
     }
     env = {"SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system"}
     server = start_server(root, models, env)
@@ -52,3 +53,16 @@ def test_runner_that_cannot_load_is_a_clear_503(served: Served) -> None:
     error = response.json()["error"]
     assert "failed to load" in error["message"] and "exited with code 3" in error["message"]
     assert "Traceback" not in response.text
+
+
+def test_old_style_error_line_mid_stream_reaches_the_sdk(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIError, match="boom"):
+        for _ in client.chat.completions.create(model="erring", messages=HI, stream=True):
+            pass
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", timeout=30,
+                      json={"model": "erring", "messages": HI, "stream": True}) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert not any(line.startswith("error:") for line in lines)
+    error = next(line for line in lines if '"error"' in line)
+    assert error.startswith("data: ") and '"code":null' in error.replace(" ", "")

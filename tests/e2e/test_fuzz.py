@@ -36,7 +36,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Itera
     root = tmp_path_factory.mktemp("fuzz")
     dummy = root / "dummy.gguf"
     dummy.write_bytes(b"GGUF")
-    server = start_server(root, {"fake": {"source": str(dummy), "aliases": ["f"]}}, {
+    server = start_server(root, {"fake": {"source": str(dummy),
+                                          "aliases": ["f", "org/fake:latest"]}}, {
         "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
         "SWITCHBOARD_LOG_LEVEL": "warning"})
     yield server
@@ -139,3 +140,10 @@ def test_fuzzed_model_ids_never_get_a_5xx(client: httpx.Client) -> None:
         assert response.status_code in (200, 404)
 
     check()
+
+
+@pytest.mark.parametrize("path", ["org/fake:latest", "org%2Ffake%3Alatest", "f"])
+def test_model_ids_with_slashes_and_colons_resolve(client: httpx.Client, path: str) -> None:
+    response = client.get(f"/v1/models/{path}")
+    assert response.status_code == 200
+    assert response.json()["id"] == urllib.parse.unquote(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -163,3 +164,23 @@ def test_the_messages_reach_the_model_through_its_chat_template(client: openai.O
     # A template wraps turns in markers, so even "hi" is more than BOS plus one token.
     assert short.usage.prompt_tokens > 4
     assert long.usage.prompt_tokens > short.usage.prompt_tokens + 8
+
+
+def test_streamed_tool_calls_keep_openais_delta_shape(client: openai.OpenAI) -> None:
+    tools: list[Any] = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}]
+    seen: dict[int, int] = {}
+    for chunk in client.chat.completions.create(
+            model="gemma3:270m", messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=tools, tool_choice="required", max_tokens=96, temperature=0, stream=True):
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            assert delta.function is not None, "every tool-call delta carries a function object"
+            if delta.index not in seen:  # the first delta of a call names it
+                assert delta.id and delta.type == "function"
+                assert delta.function.name == "get_weather"
+            else:  # later ones only add argument fragments
+                assert delta.id is None and delta.function.name is None
+            seen[delta.index] = seen.get(delta.index, 0) + 1
+    assert seen, "no tool call was streamed"

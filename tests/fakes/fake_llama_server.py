@@ -6,6 +6,7 @@ Accepts llama-server's flags and one of its own, ``--fake-mode``:
   exit             prints an error and exits 3 at once
   hang             /health answers 503 forever
   crash-mid-stream sends one chunk of a stream, then dies with SIGKILL
+  error-line       sends one chunk, then an old-style 'error: {...}' line, then ends
   bind-fail-once   the first launch fails like llama-server does when its port was taken
                    (remembered by a marker file given with --fake-marker), later ones serve
 """
@@ -86,6 +87,10 @@ def main() -> None:
                 data = f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
+                if args.fake_mode == "error-line" and i == 0:
+                    line = b'error: {"code": 500, "message": "boom", "type": "server_error"}\n\n'
+                    self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+                    return
                 if args.fake_mode == "crash-mid-stream" and i == 0:
                     time.sleep(0.05)
                     os.kill(os.getpid(), signal.SIGKILL)
