@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 
 from gateway.errors import APIError
 from runner.settings import parse_duration
@@ -21,6 +22,13 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     return data
+
+
+async def read_request(request: Request) -> tuple[bytes, dict[str, Any], str]:
+    """The raw body, its JSON object and its model: what every relayed route starts from."""
+    body = await request.body()
+    data = parse_object(body)
+    return body, data, require_model(data)
 
 
 def require_model(data: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import APIError, error_payload, normalise_error
 from gateway.metrics import Metrics
+from gateway.payload import take_keep_alive
 from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
@@ -64,13 +66,20 @@ class Relay:
     def for_request(
         cls,
         request: Request,
+        body: bytes,
+        data: dict[str, Any],
         model: str,
         path: bytes,
-        body: bytes,
         stream: bool,
-        keep_alive: float | None,
+        edited: bool = False,
         options: RunnerOptions | None = None,
     ) -> Relay:
+        """The relay for a validated request. ``keep_alive`` is ours, so it is taken out here
+        for every route; the client's bytes go upstream untouched unless something was
+        removed or the route ``edited`` ``data``."""
+        keep_alive, present = take_keep_alive(data)
+        if present or edited:
+            body = orjson.dumps(data)
         state = request.app.state
         return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
                    options, state.metrics)
