@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from gateway import admin, chat, completions, embeddings, health, models, openapi
+from gateway import admin, chat, completions, embeddings, health, models, openapi, pull
 from gateway.access_log import AccessLog
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
@@ -20,6 +20,7 @@ from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
 from runner.memory import gpu_library
 from runner.payloads import extract, find_system_binary
+from runner.pull import Puller
 from runner.scheduler import Scheduler
 from runner.settings import Settings
 
@@ -42,7 +43,9 @@ def create_app(settings: Settings) -> Starlette:
         scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded)
         metrics.scheduler = scheduler
         upstream = UpstreamPool()
+        puller = Puller(settings, scheduler.catalog.store)
         app.state.settings = settings
+        app.state.puller = puller
         app.state.metrics = metrics
         app.state.scheduler = scheduler
         app.state.upstream = upstream
@@ -52,13 +55,14 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await scheduler.close()
+            await puller.aclose()
             upstream.close()
             payloads.cleanup()
 
     return Starlette(
         routes=[
             *chat.routes, *completions.routes, *embeddings.routes, *models.routes,
-            *admin.routes, *health.routes, *metrics_routes, *openapi.routes,
+            *admin.routes, *pull.routes, *health.routes, *metrics_routes, *openapi.routes,
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics),

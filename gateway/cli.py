@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from gateway.store_cli import add_commands
 from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, load_settings
 
 
@@ -80,24 +81,6 @@ def cmd_build_runners(args: argparse.Namespace) -> int:
         return 1
     for path in paths:
         print(path)
-    return 0
-
-
-def cmd_pull(args: argparse.Namespace) -> int:
-    from runner.models import ModelSourceError, resolve_source
-
-    settings = load_settings(args.config)
-    _setup_logging(settings.log_level)
-    resolved = settings.resolve_model(args.model)
-    if resolved is None:
-        print(f"pull: unknown model {args.model!r}", file=sys.stderr)
-        return 1
-    try:
-        path = resolve_source(resolved[1].source, settings.home)
-    except ModelSourceError as exc:
-        print(f"pull: {exc}", file=sys.stderr)
-        return 1
-    print(path)
     return 0
 
 
@@ -172,9 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.set_defaults(func=cmd_build_runners)
 
-    pull = sub.add_parser("pull", help="fetch or assemble a model's GGUF", parents=[common])
-    pull.add_argument("model", nargs="?", default=DEFAULT_MODEL)
-    pull.set_defaults(func=cmd_pull)
+    add_commands(sub, common, DEFAULT_MODEL)
 
     ps = sub.add_parser("ps", help="list the models a running server has loaded",
                         parents=[common])

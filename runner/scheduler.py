@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.catalog import Catalog, open_store
 from runner.gguf_header import GGUFError, read_header
 from runner.memory import (
     GiB,
@@ -62,7 +63,7 @@ VRAM_RECOVERY = 5.0  # seconds to wait for a stopped runner's GPU memory to show
 
 
 class ModelNotFoundError(LookupError):
-    """No configured model has that name or alias."""
+    """No configured or stored model has that name or alias."""
 
 
 class NoRunnerError(RuntimeError):
@@ -243,8 +244,10 @@ class Scheduler:
         gpu_probe: GpuProbe = gpus,
         gpu_usage: GpuUsage = gpu_memory_of,
         on_load: Callable[[str, float], None] | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self._settings = settings
+        self.catalog = catalog or Catalog(settings, open_store(settings))
         self._payloads = payloads
         self._cpu_flags = read_cpu_flags() if cpu_flags is None else cpu_flags
         self._factory = runner_factory
@@ -256,7 +259,7 @@ class Scheduler:
         self._gpu_usage = gpu_usage
         self._on_load = on_load
         self._learned: dict[str, int] = {}  # model -> measured need of its last runner
-        self._paths = ModelPaths(settings.home)
+        self._paths = ModelPaths(settings.home, self.catalog.store)
         self._loaded: dict[str, _Loaded] = {}
         self._pending: list[_Pending] = []
         self._stopping: set[asyncio.Task[None]] = set()
@@ -296,7 +299,7 @@ class Scheduler:
         """A ready runner for ``model`` (name or alias), held until the block exits."""
         if self._closed:
             raise ShuttingDownError("switchboard is shutting down")
-        resolved = self._settings.resolve_model(model)
+        resolved = self.catalog.resolve(model)
         if resolved is None:
             raise ModelNotFoundError(model)
         canonical, config = resolved
@@ -641,7 +644,7 @@ class Scheduler:
 
     async def unload(self, model: str) -> bool:
         """Unload ``model`` once its in-flight requests finish; False if it was not loaded."""
-        resolved = self._settings.resolve_model(model)
+        resolved = self.catalog.resolve(model)
         if resolved is None:
             raise ModelNotFoundError(model)
         entries = [self._loaded.get(runner_key(resolved[0], mode)) for mode in (False, True)]

@@ -148,6 +148,21 @@ class Settings(BaseModel):
     )
     threads: int | None = Field(None, ge=1, description="llama-server --threads; None = its own")
     log_level: str = Field("info", description="debug, info, warning or error")
+    registry: str = Field(
+        "registry.ollama.ai", description="registry host[:port] for names without a host"
+    )
+    pull_allowed_hosts: CommaList = Field(
+        (), description="hosts pulls and their redirects may reach ('*.x.com' ok); empty = any"
+    )
+    pull_concurrency: int = Field(8, ge=1, le=64, description="parallel ranged GETs per blob")
+    pull_parts: int = Field(16, ge=1, le=256, description="parts a blob is split into (about)")
+    pull_stall_timeout: Duration = Field(
+        10.0, gt=0, description="a part with no bytes for this long reconnects"
+    )
+    pull_retries: int = Field(6, ge=0, description="failed attempts per part before giving up")
+    pull_backoff: Duration = Field(
+        0.5, ge=0, description="first retry delay; doubles per failure, with jitter"
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )

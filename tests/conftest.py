@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from runner.models import resolve_source
 from runner.payloads import packaged_variants
 from runner.settings import DEFAULT_MODEL, Settings
+from tests.fakes.registry import FakeRegistry
 
 FAKE_RUNNER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 
@@ -40,3 +43,18 @@ def fake_runner() -> Path:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def registry() -> Iterator[FakeRegistry]:
+    """A fault-injecting OCI registry on 127.0.0.1, stopped after the test."""
+    with FakeRegistry() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 MiB that start like a GGUF: big enough for 16 parts, quick to pull many times."""
+    path = tmp_path_factory.mktemp("blobs") / "small.gguf"
+    path.write_bytes(b"GGUF" + random.Random(7).randbytes(24 * 2**20 - 4))
+    return path

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli
+from tests.fakes.registry import FakeRegistry
 
 
 @pytest.mark.parametrize(
@@ -21,9 +22,18 @@ def test_cli_serve_without_config_keeps_none() -> None:
     assert args.config is None and args.port == 9
 
 
-def test_cli_pull_unknown_model_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["pull", "no-such-model"]) == 1
-    assert "unknown model" in capsys.readouterr().err
+def test_cli_pull_unknown_model_fails_cleanly(
+    capsys: pytest.CaptureFixture[str], registry: FakeRegistry, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWITCHBOARD_HOME", str(tmp_path))
+    assert cli.main(["pull", f"{registry.host}/no-such-model", "--insecure"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_pull_url_requires_its_digest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pull", "https://example.com/x.gguf"]) == 2
+    assert "--sha256" in capsys.readouterr().err
 
 
 def test_cli_config_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:

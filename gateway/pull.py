@@ -1,0 +1,96 @@
+"""POST /api/pull: fetch a model into the store, streaming Ollama's NDJSON progress objects.
+
+Body: ``{"model": NAME, "insecure": false, "stream": true}`` (Ollama's ``name`` works too), or
+``{"url": "https://…/file.gguf", "sha256": HEX, "model": NAME?}``. Streamed, each line is
+``{"status", "digest"?, "total"?, "completed"?}`` ending in ``{"status": "success"}`` or
+``{"error": …}``; unstreamed, one object once it is done (errors as OpenAI-shaped bodies).
+Pulls of one blob share one download; a client that leaves stops waiting, and the download
+stops when nobody waits (the partial stays for the next pull).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.errors import APIError
+from gateway.payload import parse_object, require_flag
+from gateway.responses import JSONBytes
+from runner.names import InvalidNameError
+from runner.pull import Emit, Puller, PullError, PullEvent, is_url
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+def _job(puller: Puller, data: dict[str, object]) -> Callable[[Emit], Awaitable[object]]:
+    """The pull the body asks for, checked before any response starts."""
+    model = data.get("model", data.get("name"))
+    url = data.get("url")
+    if url is not None:
+        sha256 = data.get("sha256")
+        if not isinstance(url, str) or not is_url(url):
+            raise APIError(400, "'url' must be an http(s) URL", param="url")
+        if not isinstance(sha256, str):
+            raise APIError(400, "'sha256' is required with 'url'", param="sha256")
+        if model is not None and not isinstance(model, str):
+            raise APIError(400, "'model' must be a string", param="model")
+        return lambda emit: puller.pull_url(url, sha256, emit, model)
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required and must be a non-empty string", param="model")
+    try:
+        puller.store.parse_name(model)
+    except InvalidNameError as exc:
+        raise APIError(400, str(exc), param="model") from exc
+    insecure = require_flag(data, "insecure")
+    return lambda emit: puller.pull(model, emit, insecure=insecure)
+
+
+async def pull(request: Request) -> Response:
+    data = parse_object(await request.body())
+    puller: Puller = request.app.state.puller
+    job = _job(puller, data)
+    if data.get("stream") is False:
+        try:
+            await job(lambda event: None)
+        except PullError as exc:
+            raise APIError(exc.status, str(exc), param="model") from exc
+        return JSONBytes({"status": "success"})
+    return StreamingResponse(_stream(job), media_type="application/x-ndjson")
+
+
+async def _stream(job: Callable[[Emit], Awaitable[object]]) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[PullEvent | object] = asyncio.Queue()
+
+    async def run() -> None:
+        try:
+            await job(queue.put_nowait)
+        except PullError as exc:
+            queue.put_nowait({"error": str(exc)})
+        except Exception as exc:  # the stream has started: the error must travel in it
+            log.exception("pull failed")
+            queue.put_nowait({"error": f"pull failed: {exc}"})
+        finally:
+            queue.put_nowait(_DONE)
+
+    task = asyncio.create_task(run())
+    try:
+        while (item := await queue.get()) is not _DONE:
+            body = item.to_dict() if isinstance(item, PullEvent) else item
+            yield orjson.dumps(body) + b"\n"
+    finally:
+        # The client left (or we are done): stop waiting; the download stops with its last
+        # waiter and keeps its partial.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+routes = [Route("/api/pull", pull, methods=["POST"])]

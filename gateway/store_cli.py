@@ -1,0 +1,233 @@
+"""``switchboard pull | ls | rm | show``: the model store from the command line.
+
+These work on the store directly (no server needed), as ``make serve`` pulls before it serves;
+a running server sees a pulled model at once, and never loses a blob to ``rm`` while one of its
+runners holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from runner.catalog import Catalog, open_store
+from runner.gguf_header import GGUFError, read_header
+from runner.models import ModelSourceError, is_store_source, resolve_source
+from runner.names import InvalidNameError
+from runner.pull import Puller, PullError, PullEvent, is_url
+from runner.settings import Settings, load_settings
+from runner.store import LICENSE_MEDIA, PARAMS_MEDIA, TEMPLATE_MEDIA, StoreError, age
+
+
+def _quiet_logging(settings: Settings) -> None:
+    # The progress bar is the report; INFO lines from the downloader would tear it.
+    level = logging.DEBUG if settings.log_level.lower() == "debug" else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+class _Bars:
+    """Renders pull events: a bar per blob (bytes, rate, ETA), a line per other status."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+        )
+        self._bars: dict[str, TaskID] = {}
+
+    def __call__(self, event: PullEvent) -> None:
+        if event.digest is None or event.total is None:
+            self.progress.console.print(event.status)
+            return
+        bar = self._bars.get(event.digest)
+        if bar is None:
+            bar = self.progress.add_task(event.status, total=event.total)
+            self._bars[event.digest] = bar
+        self.progress.update(bar, description=event.status, total=event.total,
+                             completed=event.completed)
+
+
+async def _pull(settings: Settings, args: argparse.Namespace, target: str) -> str:
+    puller = Puller(settings, open_store(settings))
+    bars = _Bars(Console(stderr=True))
+    try:
+        with bars.progress:
+            if is_url(target):
+                stored = await puller.pull_url(target, args.sha256, bars, args.name)
+            else:
+                stored = await puller.pull(target, bars, insecure=args.insecure)
+    finally:
+        await puller.aclose()
+    return stored.display
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    _quiet_logging(settings)
+    target: str = args.model
+    if is_url(target) and not args.sha256:
+        print("pull: a URL needs --sha256 HEX (the file's digest, to verify it)", file=sys.stderr)
+        return 2
+    configured = settings.resolve_model(target)
+    if configured is not None and not is_store_source(configured[1].source):
+        # A packaged or file model: make sure its GGUF is there (assembling a package).
+        try:
+            print(resolve_source(configured[1].source, settings.home))
+        except ModelSourceError as exc:
+            print(f"pull: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if configured is not None:
+        target = configured[1].source
+    try:
+        name = asyncio.run(_pull(settings, args, target))
+    except PullError as exc:
+        print(f"pull: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pull: interrupted; the same command resumes where it stopped", file=sys.stderr)
+        return 130
+    print(f"pulled {name}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    store = open_store(settings)
+    rows = [(m.display, m.digest[7:19], _size(m.size), age(m.modified), "store")
+            for m in store.models()]
+    for name, config in settings.models.items():
+        if is_store_source(config.source):
+            continue
+        size = "-"
+        if not config.source.startswith("package:"):  # assembling one is not for `ls`
+            try:
+                size = _size(resolve_source(config.source, settings.home).stat().st_size)
+            except (ModelSourceError, OSError):
+                size = "missing"
+        rows.append((name, "-", size, "-", "config: " + config.source))
+    print(f"{'NAME':40} {'ID':12}  {'SIZE':>9}  {'MODIFIED':16}  SOURCE")
+    for name, digest, size, modified, source in rows:
+        print(f"{name:40} {digest:12}  {size:>9}  {modified:16}  {source}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configured = settings.resolve_model(args.model)
+    if configured is not None and not is_store_source(configured[1].source):
+        print(f"rm: '{args.model}' comes from the config ({configured[1].source}), not the "
+              "store; remove it from the config instead", file=sys.stderr)
+        return 1
+    target = configured[1].source if configured is not None else args.model
+    try:
+        removed = open_store(settings).remove(target)
+    except (StoreError, InvalidNameError) as exc:
+        print(f"rm: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted '{args.model}' ({len(removed)} blob(s) freed)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    store = open_store(settings)
+    resolved = Catalog(settings, store).resolve(args.model)
+    if resolved is None:
+        print(f"show: model '{args.model}' not found (switchboard ls lists them)",
+              file=sys.stderr)
+        return 1
+    name, config = resolved
+    try:
+        path = resolve_source(config.source, settings.home, store=store)
+        info = read_header(path)
+    except (ModelSourceError, GGUFError, OSError) as exc:
+        print(f"show: {exc}", file=sys.stderr)
+        return 1
+    import gguf
+
+    file_type = info.metadata.get("general.file_type")
+    try:
+        quantization = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") \
+            if file_type is not None else "unknown"
+    except ValueError:
+        quantization = f"type {file_type}"
+    template = "tokenizer.chat_template" in info.metadata
+    rows = [
+        ("name", name),
+        ("source", config.source),
+        ("file", str(path)),
+        ("architecture", info.architecture or "unknown"),
+        ("parameters", _parameters(info.parameters)),
+        ("quantization", quantization),
+        ("context length", str(info.arch_int("context_length")) or "unknown"),
+        ("embedding length", str(info.arch_int("embedding_length"))),
+        ("chat template", "in the GGUF" if template else (
+            f"none in the GGUF; configured: {config.chat_template}" if config.chat_template
+            else "none in the GGUF (llama-server falls back to ChatML)")),
+        ("size", _size(path.stat().st_size)),
+    ]
+    stored = store.find(config.source) if is_store_source(config.source) else None
+    if stored is not None:
+        for layer in stored.manifest.layers:
+            label = {PARAMS_MEDIA: "params", TEMPLATE_MEDIA: "template (Ollama)",
+                     LICENSE_MEDIA: "license"}.get(layer.media_type)
+            text = store.read_blob_text(layer.digest) if label else None
+            if label and text is not None:
+                first = text.strip().splitlines()[0] if text.strip() else ""
+                rows.append((label, first[:100]))
+    for key, value in rows:
+        print(f"  {key:18} {value}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _parameters(n: int) -> str:
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                 common: argparse.ArgumentParser, default_model: str) -> None:
+    pull = sub.add_parser("pull", parents=[common],
+                          help="pull a model from a registry or a URL (or assemble a packaged one)")
+    pull.add_argument("model", nargs="?", default=default_model,
+                      help="[HOST[:PORT]/][NAMESPACE/]NAME[:TAG], or an https://…/file.gguf URL")
+    pull.add_argument("--insecure", action="store_true", help="plain HTTP to the registry")
+    pull.add_argument("--sha256", help="with a URL: the file's sha256 (required)")
+    pull.add_argument("--name", help="with a URL: the name to store it under")
+    pull.set_defaults(func=cmd_pull)
+
+    ls = sub.add_parser("ls", parents=[common], help="list stored and configured models")
+    ls.set_defaults(func=cmd_ls)
+
+    rm = sub.add_parser("rm", parents=[common], help="remove a stored model (and unused blobs)")
+    rm.add_argument("model")
+    rm.set_defaults(func=cmd_rm)
+
+    show = sub.add_parser("show", parents=[common], help="a model's GGUF metadata")
+    show.add_argument("model")
+    show.set_defaults(func=cmd_show)
+
