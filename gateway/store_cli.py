@@ -11,25 +11,20 @@ import argparse
 import asyncio
 import logging
 import sys
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING
 
 from runner.catalog import Catalog, open_store
-from runner.gguf_header import GGUFError, read_header
 from runner.models import ModelSourceError, is_store_source, resolve_source
 from runner.names import InvalidNameError
-from runner.pull import Puller, PullError, PullEvent, is_url
 from runner.settings import Settings, load_settings
 from runner.store import LICENSE_MEDIA, PARAMS_MEDIA, TEMPLATE_MEDIA, StoreError, age
+from runner.units import format_count, format_size
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+    from runner.pull import PullEvent
 
 
 def _quiet_logging(settings: Settings) -> None:
@@ -43,6 +38,15 @@ class _Bars:
     """Renders pull events: a bar per blob (bytes, rate, ETA), a line per other status."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
             TransferSpeedColumn(), TimeRemainingColumn(), console=console,
@@ -62,6 +66,10 @@ class _Bars:
 
 
 async def _pull(settings: Settings, args: argparse.Namespace, target: str) -> str:
+    from rich.console import Console
+
+    from runner.pull import Puller, is_url
+
     puller = Puller(settings, open_store(settings))
     bars = _Bars(Console(stderr=True))
     try:
@@ -76,6 +84,9 @@ async def _pull(settings: Settings, args: argparse.Namespace, target: str) -> st
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    # Imported here: `switchboard --help` and the other commands should not pay for them.
+    from runner.pull import PullError, is_url
+
     settings = load_settings(args.config)
     _quiet_logging(settings)
     target: str = args.model
@@ -108,7 +119,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     store = open_store(settings)
-    rows = [(m.display, m.digest[7:19], _size(m.size), age(m.modified), "store")
+    rows = [(m.display, m.digest[7:19], format_size(m.size), age(m.modified), "store")
             for m in store.models()]
     for name, config in settings.models.items():
         if is_store_source(config.source):
@@ -116,7 +127,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         size = "-"
         if not config.source.startswith("package:"):  # assembling one is not for `ls`
             try:
-                size = _size(resolve_source(config.source, settings.home).stat().st_size)
+                size = format_size(resolve_source(config.source, settings.home).stat().st_size)
             except (ModelSourceError, OSError):
                 size = "missing"
         rows.append((name, "-", size, "-", "config: " + config.source))
@@ -152,6 +163,8 @@ def cmd_show(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     name, config = resolved
+    from runner.gguf_header import GGUFError, read_header
+
     try:
         path = resolve_source(config.source, settings.home, store=store)
         info = read_header(path)
@@ -172,14 +185,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("source", config.source),
         ("file", str(path)),
         ("architecture", info.architecture or "unknown"),
-        ("parameters", _parameters(info.parameters)),
+        ("parameters", format_count(info.parameters)),
         ("quantization", quantization),
         ("context length", str(info.arch_int("context_length")) or "unknown"),
         ("embedding length", str(info.arch_int("embedding_length"))),
         ("chat template", "in the GGUF" if template else (
             f"none in the GGUF; configured: {config.chat_template}" if config.chat_template
             else "none in the GGUF (llama-server falls back to ChatML)")),
-        ("size", _size(path.stat().st_size)),
+        ("size", format_size(path.stat().st_size)),
     ]
     stored = store.find(config.source) if is_store_source(config.source) else None
     if stored is not None:
@@ -193,20 +206,6 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"  {key:18} {value}")
     return 0
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def _parameters(n: int) -> str:
-    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],

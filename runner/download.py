@@ -40,9 +40,9 @@ import httpx
 import orjson
 
 from runner.locks import exclusive
-from runner.memory import format_bytes
 from runner.settings import Settings
 from runner.store import ModelStore
+from runner.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,9 @@ class BlobDownload:
     hashed: int = 0
     status: str = ""
     received: int = 0  # bytes over the network in this run (resume leaves the rest out)
+    started_at: float = 0.0  # monotonic: transfer start, last byte written, blob in place
+    last_byte_at: float = 0.0
+    finished_at: float = 0.0
     parts: list[Part] = field(default_factory=list)
     _fd: int = -1
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -358,10 +361,10 @@ class BlobDownload:
         try:
             self._preallocate()
             self._checkpoint()
-            started = time.monotonic()
+            self.started_at = time.monotonic()
             await self._transfer(located)
             log.info("downloaded %s: %s received in %.1fs", self.short,
-                     format_bytes(self.received), time.monotonic() - started)
+                     format_bytes(self.received), time.monotonic() - self.started_at)
         finally:
             if self._dirty:
                 self._checkpoint()
@@ -369,6 +372,7 @@ class BlobDownload:
             self._fd = -1
         self._state.unlink(missing_ok=True)
         self._partial.replace(self.store.blob_path(self.digest))
+        self.finished_at = time.monotonic()
 
     def _preallocate(self) -> None:
         """Reserve the whole size now: a disk that cannot hold the blob fails at once, not at
@@ -528,6 +532,8 @@ class BlobDownload:
                     self.received += len(data)
                     self._dirty = True
                     self._arrived.set()
+                    if self.completed >= self.total:
+                        self.last_byte_at = time.monotonic()
                     if part.completed >= part.size:
                         break  # done, or another worker took the rest of this part
         except httpx.TimeoutException as exc:

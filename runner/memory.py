@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runner.gguf_header import GGUFInfo
+from runner.units import MiB
 from runner.variants import GpuInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-MiB = 1 << 20
-GiB = 1 << 30
 N_UBATCH = 512  # llama-server's default micro-batch
 KV_BYTES = 2  # f16 cache, llama-server's default type
 _BASE_OVERHEAD = 24 * MiB
@@ -157,10 +156,3 @@ def gpu_memory_of(pid: int) -> int:
         return used
 
     return _nvml_call(read, 0)
-
-
-def format_bytes(count: float) -> str:
-    """Human figures for error messages: '3.1 GiB', '512 MiB'."""
-    if count >= GiB:
-        return f"{count / GiB:.1f} GiB"
-    return f"{count / MiB:.0f} MiB"

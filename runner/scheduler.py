@@ -37,20 +37,13 @@ from pathlib import Path
 
 from runner.catalog import Catalog, open_store
 from runner.gguf_header import GGUFError, read_header
-from runner.memory import (
-    GiB,
-    GpuMemory,
-    estimate,
-    format_bytes,
-    gpu_memory_of,
-    gpus,
-    system_memory,
-)
+from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
 from runner.models import ModelPaths, resolve_template
 from runner.payloads import Payloads
 from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
 from runner.settings import ModelConfig, Settings, child_environment
+from runner.units import GiB, format_bytes
 from runner.variants import GpuInfo, order_variants, read_cpu_flags
 
 log = logging.getLogger(__name__)

@@ -288,3 +288,24 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "stall":
                 owner._stopping.wait(120)
             self.close_connection = True
+
+
+def main() -> None:
+    """Serve one file as ``library/<name>:latest`` in a process of its own (for benchmarks:
+    in the measuring process it would compete for the GIL); prints the port, then serves."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--name", default="bench")
+    parser.add_argument("--rate", type=float, help="bytes/s for all connections together")
+    args = parser.parse_args()
+    registry = FakeRegistry(rate=args.rate).start()
+    registry.add_model(f"library/{args.name}", "latest",
+                       [(MODEL, registry.add_blob(args.file))])
+    print(registry.port, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

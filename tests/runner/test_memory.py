@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from runner.gguf_header import GGUFInfo
-from runner.memory import MiB, estimate, format_bytes, gpus, system_memory
+from runner.memory import estimate, gpus, system_memory
 from runner.settings import load_settings, parse_bytes
+from runner.units import MiB, format_bytes
 
 
 def _info(**arch: int) -> GGUFInfo:

@@ -315,3 +315,28 @@ async def test_the_hash_covers_exactly_the_file(
     await _fetch(store, registry, blob)
     on_disk = store.blob_path(blob.digest).read_bytes()
     assert "sha256:" + hashlib.sha256(on_disk).hexdigest() == blob.digest
+
+
+async def test_a_pull_in_another_process_is_waited_for_not_duplicated(
+    store: ModelStore, registry: FakeRegistry, small_gguf: Path
+) -> None:
+    import fcntl
+
+    blob = registry.add_blob(small_gguf)
+    lock = store.partial_path(blob.digest).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as other:  # what another switchboard process holds while it pulls
+        fcntl.flock(other, fcntl.LOCK_EX)
+        seen: list[Progress] = []
+        downloader = Downloader(store, FAST)
+        task = asyncio.create_task(downloader.fetch(blob.digest, _url(registry, blob),
+                                                    blob.size, on_progress=seen.append))
+        await asyncio.sleep(0.5)
+        assert seen[-1].status.startswith("waiting for another process")
+        assert registry.requests == []
+        # The other process finishes: the blob appears, then its lock goes.
+        store.blobs_dir.mkdir(parents=True, exist_ok=True)
+        store.blob_path(blob.digest).write_bytes(small_gguf.read_bytes())
+    await task
+    await downloader.aclose()
+    assert registry.requests == []

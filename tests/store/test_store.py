@@ -118,3 +118,17 @@ def test_manifest_changes_are_seen_without_restart(store: ModelStore) -> None:
     second = store.find("m")
     assert second is not None and second is not first
     assert store.model_path("m").read_bytes() == b"GGUF v2, longer"
+
+
+def test_a_configured_model_may_name_a_store_model(store: ModelStore) -> None:
+    from runner.models import ModelSourceError, resolve_source
+    from runner.settings import ModelConfig
+
+    _model(store, "tiny:q8", (MODEL_MEDIA, b"GGUF q8"))
+    settings = Settings(models={"fast": ModelConfig(source="tiny:q8", ctx_size=1024)})
+    resolved = Catalog(settings, store).resolve("fast")
+    assert resolved is not None and resolved[1].ctx_size == 1024
+    path = resolve_source(resolved[1].source, store.root.parent, store=store)
+    assert path.read_bytes() == b"GGUF q8"
+    with pytest.raises(ModelSourceError, match="switchboard pull tiny:q4"):
+        resolve_source("tiny:q4", store.root.parent, store=store)
