@@ -18,6 +18,7 @@ from runner.names import ModelName
 from runner.store import MANIFEST_MEDIA, OCI_MANIFEST_MEDIA
 
 _CONNECT_RETRIES = 2
+MAX_DOCUMENT = 4 << 20  # bytes: Ollama's manifests are about 1 KiB
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -67,8 +68,7 @@ class Registry:
         authorised = False
         while True:
             try:
-                response = await self._client.get(url, headers={**headers, **self.headers},
-                                                  follow_redirects=True)
+                response = await self._fetch(url, {**headers, **self.headers})
             except httpx.TooManyRedirects as exc:
                 raise RegistryError(f"too many redirects from {url}") from exc
             except httpx.TransportError as exc:
@@ -90,6 +90,21 @@ class Registry:
                     continue
             return response
 
+    async def _fetch(self, url: str, headers: dict[str, str],
+                     params: dict[str, str] | None = None) -> httpx.Response:
+        """GET with the body capped: a manifest or token is small, and the server is not
+        ours to trust with our memory."""
+        async with self._client.stream("GET", url, headers=headers, params=params,
+                                       follow_redirects=True) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT:
+                    raise RegistryError(f"{url} sent more than {MAX_DOCUMENT} bytes where a "
+                                        "manifest or token was expected")
+        return httpx.Response(response.status_code, headers=response.headers,
+                              content=bytes(body), request=response.request)
+
     async def _authorise(self, challenge: httpx.Response) -> None:
         header = challenge.headers.get("www-authenticate", "")
         scheme, _, params = header.partition(" ")
@@ -97,7 +112,7 @@ class Registry:
         if scheme.lower() != "bearer" or "realm" not in fields:
             raise RegistryError(f"the registry requires credentials ({header or 'no challenge'})")
         query = {k: v for k, v in fields.items() if k in ("service", "scope")}
-        response = await self._client.get(fields["realm"], params=query, follow_redirects=True)
+        response = await self._fetch(fields["realm"], {}, params=query)
         if response.status_code != 200:
             raise RegistryError(f"token request to {fields['realm']} answered "
                                 f"{response.status_code}")

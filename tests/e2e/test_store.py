@@ -169,3 +169,33 @@ def test_api_pull_errors(served: Served, gemma_registry: FakeRegistry) -> None:
                             json={"model": "nope", "insecure": True, "stream": False})
     assert unstreamed.status_code == 404
     assert unstreamed.json()["error"]["type"] == "not_found_error"
+
+
+def test_a_client_leaving_api_pull_stops_the_download_and_keeps_the_partial(
+    served: Served, home: Path, gemma_registry: FakeRegistry, gemma_path: Path
+) -> None:
+    size = gemma_path.stat().st_size
+    gemma_registry.rate = 60e6
+    partial = home / "models" / "partial"
+    try:
+        with httpx.stream("POST", f"{served.url}/api/pull", timeout=60,
+                          json={"model": "tiny", "insecure": True}) as response:
+            for line in response.iter_lines():
+                if line and int(orjson.loads(line).get("completed", 0)) > size // 4:
+                    break  # and hang up
+        # With its only client gone, the server stops fetching: the bytes sent stop growing.
+        assert wait_until(lambda: any(partial.glob("*.json")), 10)
+        samples = [-1]
+
+        def settled() -> bool:
+            samples.append(gemma_registry.bytes_sent)
+            return samples[-1] == samples[-2]
+
+        assert wait_until(settled, 10, step=0.5)
+        assert samples[-1] < size * 0.8
+    finally:
+        gemma_registry.rate = None
+    gemma_registry.requests.clear()
+    again = _cli(home, gemma_registry, "pull", "tiny", "--insecure")
+    assert again.returncode == 0, again.stderr
+    assert _requested(gemma_registry) < size * 0.8  # it resumed from the server's partial

@@ -131,3 +131,11 @@ async def test_url_pull_verifies_the_sha256_and_names_the_model(
 def test_names_from_urls_are_valid_store_names() -> None:
     assert name_from_url("https://h/x/Qwen3 0.6B (final).gguf?download=1") == "qwen3-0.6b-final"
     assert name_from_url("https://h/") == "model"
+
+
+async def test_an_oversized_manifest_is_refused_not_buffered(
+    puller: Puller, registry: FakeRegistry
+) -> None:
+    registry.manifests[("library", "huge", "latest")] = b" " * (5 << 20)
+    with pytest.raises(PullError, match="more than"):
+        await puller.pull("huge", lambda e: None, insecure=True)
