@@ -176,6 +176,7 @@ def test_a_client_leaving_api_pull_stops_the_download_and_keeps_the_partial(
 ) -> None:
     size = gemma_path.stat().st_size
     gemma_registry.rate = 60e6
+    gemma_registry.bytes_sent = 0
     partial = home / "models" / "partial"
     try:
         with httpx.stream("POST", f"{served.url}/api/pull", timeout=60,
