@@ -242,6 +242,7 @@ class BlobDownload:
     received: int = 0  # bytes over the network in this run (resume leaves the rest out)
     started_at: float = 0.0  # monotonic: transfer start, last byte written, blob in place
     last_byte_at: float = 0.0
+    verified_at: float = 0.0
     finished_at: float = 0.0
     parts: list[Part] = field(default_factory=list)
     _fd: int = -1
@@ -363,6 +364,9 @@ class BlobDownload:
             self._checkpoint()
             self.started_at = time.monotonic()
             await self._transfer(located)
+            # blobs/ is trusted without rehashing: its bytes must be on disk before the rename
+            # makes them a blob, or a power cut could leave a verified name on torn content.
+            await asyncio.to_thread(os.fsync, self._fd)
             log.info("downloaded %s: %s received in %.1fs", self.short,
                      format_bytes(self.received), time.monotonic() - self.started_at)
         finally:
@@ -405,6 +409,7 @@ class BlobDownload:
                 for _ in range(min(self.options.concurrency, max(len(self.parts), 1))):
                     group.create_task(self._worker(located))
             digest = await hasher  # by now, at most the last chunk is left to hash
+            self.verified_at = time.monotonic()
         except BaseExceptionGroup as group_error:
             raise _first(group_error) from None
         finally:
