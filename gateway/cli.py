@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from gateway import backends_cli
 from gateway.store_cli import add_commands
 from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, load_settings
 
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build_runners)
 
     add_commands(sub, common, DEFAULT_MODEL)
+    backends_cli.add_commands(sub, common)
 
     ps = sub.add_parser("ps", help="list the models a running server has loaded",
                         parents=[common])

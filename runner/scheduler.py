@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -35,6 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.backends import EMBEDDED_META, BackendError, Backends
 from runner.catalog import Catalog, open_store
 from runner.gguf_header import GGUFError, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
@@ -238,8 +240,10 @@ class Scheduler:
         gpu_usage: GpuUsage = gpu_memory_of,
         on_load: Callable[[str, float], None] | None = None,
         catalog: Catalog | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self._settings = settings
+        self._backends = backends or Backends(settings.home / "backends", settings.system_backends)
         self.catalog = catalog or Catalog(settings, open_store(settings))
         self._payloads = payloads
         self._cpu_flags = read_cpu_flags() if cpu_flags is None else cpu_flags
@@ -534,20 +538,37 @@ class Scheduler:
             entry.timer.cancel()
             entry.timer = None
 
+    def _launchers(self, backend: str) -> list[tuple[str, Callable[[], Path]]]:
+        """(name, executable) to try for a model's backend, best first: the embedded
+        ``llama-cpp`` meta is every payload variant this machine runs; a variant's name is just
+        that one; anything else is an installed or system backend (a meta: its target)."""
+        if backend == EMBEDDED_META:
+            variants = self.variants()
+            if not variants:
+                raise NoRunnerError(
+                    "no llama-server runner for this machine: run `switchboard build-runners` "
+                    "or set SWITCHBOARD_LLAMA_SERVER"
+                )
+            return [(v, functools.partial(self._payloads.binary, v)) for v in variants]
+        if backend in self._payloads.variants():
+            return [(backend, functools.partial(self._payloads.binary, backend))]
+        try:
+            found = self._backends.launcher(backend)
+        except BackendError as exc:
+            raise NoRunnerError(str(exc)) from exc
+        run = found.run
+        assert run is not None  # launcher() only returns runnable backends
+        return [(found.name, lambda: run)]
+
     async def _load(
         self, key: str, shape: Shape, spec: LaunchSpec, config: ModelConfig, need: int
     ) -> _Loaded:
-        variants = self.variants()
-        if not variants:
-            raise NoRunnerError(
-                "no llama-server runner for this machine: run `switchboard build-runners` "
-                "or set SWITCHBOARD_LLAMA_SERVER"
-            )
+        candidates = self._launchers(config.backend)
         errors: list[str] = []
-        for variant in variants:
+        for variant, binary in candidates:
             runner = self._factory(
                 spec,
-                self._payloads.binary(variant),
+                binary(),
                 variant,
                 child_environment(),
                 self._settings.load_timeout,

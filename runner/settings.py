@@ -163,6 +163,15 @@ class Settings(BaseModel):
     pull_backoff: Duration = Field(
         0.5, ge=0, description="first retry delay; doubles per failure, with jitter"
     )
+    galleries: CommaList = Field(
+        ("configs/gallery.yaml",), description="backend galleries: YAML paths or URLs, in order"
+    )
+    force_capability: str | None = Field(
+        None, description="pretend this accelerator (nvidia-cuda-12, amd, default…) for galleries"
+    )
+    system_backends: Path | None = Field(
+        None, description="read-only directory of backends the system provides"
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )

@@ -2,7 +2,8 @@
 
 Serves ``/v2/<namespace>/<model>/manifests/<tag>``, ``/v2/<namespace>/<model>/blobs/<digest>``
 (HEAD and ranged GET) and plain files under ``/files/<name>``. Faults apply to blob and file
-GETs, each to the first ``times`` requests whose range starts at ``start`` (or any):
+GETs, each to the first ``times`` requests whose range starts at ``start`` (or any) and,
+if the fault names one, whose path is ``path``:
 
 - ``status``: answer with that HTTP status instead
 - ``stall``: send ``after`` bytes, then go silent (until the registry stops)
@@ -44,6 +45,7 @@ class Fault:
     times: int = 1
     status: int = 500
     after: int = 0  # bytes sent before stalling or dropping
+    path: str | None = None  # only requests for this path; None: any
 
 
 @dataclass
@@ -103,10 +105,12 @@ class FakeRegistry:
         self.files[name] = Blob(path, "", path.stat().st_size)
         return f"{self.url}/files/{name}"
 
-    def take_fault(self, start: int) -> Fault | None:
+    def take_fault(self, start: int, path: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.times > 0 and (fault.start is None or fault.start == start):
+                if fault.times > 0 and (fault.start is None or fault.start == start) and (
+                    fault.path is None or fault.path == path
+                ):
                     fault.times -= 1
                     return fault
         return None
@@ -246,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             start = int(match.group(1))
             end = min(int(match.group(2) or blob.size - 1), blob.size - 1)
-        fault = self.owner.take_fault(start) if self.command == "GET" else None
+        fault = self.owner.take_fault(start, self.path) if self.command == "GET" else None
         if fault is not None and fault.kind == "status":
             self._plain(fault.status, b'{"errors":[{"code":"INJECTED"}]}')
             return
