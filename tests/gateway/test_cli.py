@@ -41,3 +41,33 @@ def test_cli_config_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for name in ("SWITCHBOARD_KEEP_ALIVE", "SWITCHBOARD_TMPDIR", "SWITCHBOARD_LLM_LIBRARY"):
         assert name in out
+
+
+@pytest.mark.parametrize(("capability", "chosen"), [
+    ("nvidia-cuda-12", "for-cuda12"), ("nvidia-cuda-13", "for-cuda13"), ("amd", "for-amd"),
+    ("intel", "for-cpu"), ("metal", "for-cpu"), ("default", "for-cpu"),
+])
+def test_cli_installs_the_meta_target_for_the_forced_capability(
+    capability: str, chosen: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "run.sh").write_text("#!/bin/sh\n")
+    names = ("for-cuda12", "for-cuda13", "for-amd", "for-cpu")
+    gallery = tmp_path / "gallery.yaml"
+    gallery.write_text(
+        "- name: best\n  capabilities: {nvidia-cuda-12: for-cuda12, nvidia-cuda-13: for-cuda13,"
+        " amd: for-amd, default: for-cpu}\n"
+        + "".join(f"- {{name: {name}, uri: build}}\n" for name in names)
+    )
+    monkeypatch.setenv("SWITCHBOARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SWITCHBOARD_GALLERIES", str(gallery))
+    monkeypatch.setenv("SWITCHBOARD_FORCE_CAPABILITY", capability)
+    assert cli.main(["backends", "install", "best"]) == 0
+    installed = sorted(p.name for p in (tmp_path / "home" / "backends").iterdir())
+    assert installed == sorted(["best", chosen])
+    assert cli.main(["backends", "ls", "--available"]) == 0
+    assert f"meta -> {chosen}" in capsys.readouterr().out
+    assert cli.main(["backends", "rm", "best"]) == 0
+    assert list((tmp_path / "home" / "backends").iterdir()) == []

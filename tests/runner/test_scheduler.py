@@ -112,14 +112,17 @@ MiB = 1 << 20
 
 
 def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = None,
-               memory: tuple[int, int] = (64 << 30, 64 << 30), **kwargs: Any) -> Scheduler:
-    """A scheduler over models a, b, c, each with its own GGUF; ``needs`` sets estimates."""
+               memory: tuple[int, int] = (64 << 30, 64 << 30),
+               backends: dict[str, str] | None = None, **kwargs: Any) -> Scheduler:
+    """A scheduler over models a, b, c, each with its own GGUF; ``needs`` sets estimates,
+    ``backends`` the models' backends."""
     models = {}
     for name in ("a", "b", "c"):
         gguf = tmp_path / f"{name}.gguf"
         gguf.write_bytes(b"GGUF")
-        models[name] = ModelConfig(source=str(gguf))
-    hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources")
+        models[name] = ModelConfig(source=str(gguf),
+                                   backend=(backends or {}).get(name, "llama-cpp"))
+    hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources", "installed")
              if k in kwargs}
     config = Settings(home=tmp_path, models=models, **kwargs)
     payloads = Payloads(root=tmp_path / "p", sources=hooks.pop("sources", {}),
@@ -130,7 +133,8 @@ def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = 
         return sizes.get(path.stem, 100 * MiB)
 
     return Scheduler(config, payloads, cpu_flags=frozenset(), runner_factory=factory,
-                     clock=lambda: 1000.0, estimator=estimator, memory=lambda: memory, **hooks)
+                     clock=lambda: 1000.0, estimator=estimator, memory=lambda: memory,
+                     backends=hooks.pop("installed", None), **hooks)
 
 
 async def _hold(scheduler: Scheduler, model: str) -> tuple[asyncio.Task[None], asyncio.Event]:
@@ -552,4 +556,30 @@ async def test_scheduler_waits_for_gpu_memory_to_return_after_unload(tmp_path: P
         await asyncio.sleep(0.05)
     assert not scheduler._stopping
     assert len(polls) >= 4, "the unload finished before the GPU reported its memory free"
+    await scheduler.close()
+
+
+async def test_a_models_backend_picks_what_is_launched(tmp_path: Path) -> None:
+    import gzip
+
+    from runner.backends import Backends
+
+    sources = {}
+    for variant in ("cpu", "cpu_avx2"):
+        packed = tmp_path / "src" / variant / "llama-server.gz"
+        packed.parent.mkdir(parents=True)
+        packed.write_bytes(gzip.compress(b"#!/bin/sh\n"))
+        sources[variant] = packed
+    installed = tmp_path / "backends" / "mine"
+    installed.mkdir(parents=True)
+    (installed / "run.sh").write_text("#!/bin/sh\n")
+    factory = Factory()
+    configs = {"a": "llama-cpp", "b": "cpu_avx2", "c": "mine"}
+    scheduler = _scheduler(tmp_path, factory, sources=sources, backends=configs,
+                           installed=Backends(tmp_path / "backends", embedded=lambda: sources))
+    for model in configs:
+        await _use(scheduler, model)
+    launched = {r.spec.model: r.variant for r in factory.made}
+    # No CPU flags here: the meta can only offer plain cpu; naming a variant forces it.
+    assert launched == {"a": "cpu", "b": "cpu_avx2", "c": "mine"}
     await scheduler.close()
