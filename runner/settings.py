@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 ENV_PREFIX = "SWITCHBOARD_"
 DEFAULT_CONFIG = Path("configs/switchboard.yaml")
@@ -100,6 +107,20 @@ class ModelConfig(BaseModel):
     )
     aliases: tuple[str, ...] = Field((), description="other names clients may send")
     keep_alive: Duration | None = Field(None, description="idle time before unload")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_exists(cls, value: str | None) -> str | None:
+        # Checked when the config loads, not at the model's first request: a typo here
+        # should stop the server from starting, not fail a user's request an hour later.
+        if value is not None:
+            from runner.models import ModelSourceError, resolve_template
+
+            try:
+                resolve_template(value)
+            except ModelSourceError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
 
 def _default_models() -> dict[str, ModelConfig]:
@@ -213,28 +234,81 @@ def load_settings(
     config_env = (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
     path = config or (Path(config_env) if config_env else None)
     file_values: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
     if path is not None or DEFAULT_CONFIG.is_file():
         path = path or DEFAULT_CONFIG
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SettingsError(f"cannot read config {path}: {exc}") from exc
+            text = path.read_text()
+        except OSError as exc:
+            raise SettingsError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        try:
+            loaded = yaml.safe_load(text) or {}
+            lines = _key_lines(yaml.compose(text))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or exc
+            raise SettingsError(f"{where}: not valid YAML: {problem}") from exc
         if not isinstance(loaded, dict):
-            raise SettingsError(f"config {path} must be a mapping at the top level")
+            raise SettingsError(f"{path}:1: the config must be a mapping of settings")
         file_values = loaded
-    merged = {**file_values, **env, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    merged = {**file_values, **env, **given}
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from exc
+        problems = [_describe_error(error, path, lines, env, given) for error in exc.errors()]
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems[:5]) + more) from exc
     if settings.api_keys_file is not None:
         try:
-            lines = settings.api_keys_file.read_text().splitlines()
+            key_lines = settings.api_keys_file.read_text().splitlines()
         except OSError as exc:
             raise SettingsError(f"cannot read api_keys_file: {exc}") from exc
-        extra = tuple(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+        extra = tuple(k for k in (line.strip() for line in key_lines)
+                      if k and not k.startswith("#"))
         settings = settings.model_copy(update={"api_keys": settings.api_keys + extra})
     return settings
+
+
+def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """The line (1-based) each key path starts on, for error messages."""
+    found: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, str(key.value))
+            found[path] = key.start_mark.line + 1
+            found.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = (*prefix, str(index))
+            found[path] = item.start_mark.line + 1
+            found.update(_key_lines(item, path))
+    return found
+
+
+def _describe_error(
+    error: Any,
+    path: Path | None,
+    lines: dict[tuple[str, ...], int],
+    env: dict[str, str],
+    given: dict[str, Any],
+) -> str:
+    """'file:line: key: problem', or the environment variable or option it came from."""
+    loc = tuple(str(part) for part in error["loc"])
+    key = ".".join(loc) or "settings"
+    problem = error["msg"]
+    if error["type"] == "extra_forbidden":
+        problem = "unknown setting (switchboard config lists them all)"
+    top = loc[0] if loc else ""
+    if top in given:
+        return f"command line {top.replace('_', '-')}: {problem}"
+    if top in env:
+        return f"{ENV_PREFIX}{top.upper()}={env[top]!r}: {problem}"
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return f"{path}:{lines[loc[:end]]}: {key}: {problem}"
+    return f"{path or 'settings'}: {key}: {problem}"
 
 
 def child_environment() -> dict[str, str]:

@@ -42,12 +42,45 @@ def test_load_settings_config_path_from_env(tmp_path: Path) -> None:
 
 
 def test_load_settings_reports_bad_values_clearly(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="max_queue"):
+    with pytest.raises(SettingsError, match="SWITCHBOARD_MAX_QUEUE='lots': Input should be"):
         load_settings(environ={"SWITCHBOARD_MAX_QUEUE": "lots"})
+    with pytest.raises(SettingsError, match="command line port: Input should be"):
+        load_settings(environ={}, port=99999)
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
     with pytest.raises(SettingsError, match="mapping"):
         load_settings(bad, environ={})
+
+
+def test_a_broken_config_names_the_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "switchboard.yaml"
+    config.write_text(
+        "host: 127.0.0.1\n"
+        "keep_alive: soon\n"
+        "models:\n"
+        "  tiny:\n"
+        "    source: x.gguf\n"
+        "    ctx_size: lots\n"
+        "    chat_template: no-such-template\n"
+        "  typo:\n"
+        "    sorce: y.gguf\n"
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config, environ={})
+    message = str(caught.value)
+    for expected in (f"{config}:2: keep_alive: Value error, not a duration",
+                     f"{config}:6: models.tiny.ctx_size: Input should be a valid integer",
+                     f"{config}:7: models.tiny.chat_template: Value error, chat template",
+                     f"{config}:9: models.typo.sorce: unknown setting",
+                     f"{config}:8: models.typo.source: Field required"):
+        assert expected in message, message
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "switchboard.yaml"
+    config.write_text("port: 8080\nmodels:\n  a: [1,\n")
+    with pytest.raises(SettingsError, match=rf"{config}:4: not valid YAML"):
+        load_settings(config, environ={})
 
 
 def test_load_settings_api_keys_split_on_commas() -> None:
