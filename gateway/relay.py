@@ -24,6 +24,7 @@ from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
 from runner.scheduler import (
+    EmbeddingsOnlyError,
     Lease,
     ModelNotFoundError,
     ModelTooLargeError,
@@ -117,6 +118,8 @@ class Relay:
         except QueueFullError as exc:
             raise APIError(503, str(exc), code="queue_full",
                            headers={"Retry-After": str(exc.retry_after)}) from exc
+        except EmbeddingsOnlyError as exc:
+            raise APIError(400, str(exc), param="model", code="model_not_supported") from exc
         except ModelTooLargeError as exc:
             raise APIError(400, str(exc), param="model", code="insufficient_memory") from exc
         except ModelSourceError as exc:

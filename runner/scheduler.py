@@ -61,6 +61,13 @@ class ModelNotFoundError(LookupError):
     """No configured or stored model has that name or alias."""
 
 
+class EmbeddingsOnlyError(ValueError):
+    """A chat or completion request for a model configured as embeddings-only."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model '{model}' is an embeddings model: use /v1/embeddings")
+
+
 class NoRunnerError(RuntimeError):
     """No runner variant exists for this machine; the message says how to get one."""
 
@@ -300,6 +307,8 @@ class Scheduler:
         if resolved is None:
             raise ModelNotFoundError(model)
         canonical, config = resolved
+        if config.embeddings and not (options and options.embeddings):
+            raise EmbeddingsOnlyError(model)
         shape = self._shape(config, options or RunnerOptions())
         key = runner_key(canonical, shape.embeddings)
         entry = self._loaded.get(key)

@@ -96,17 +96,26 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: str = Field(description="package:NAME, a .gguf path, or a store name")
-    backend: str = Field("llama-cpp", description="runner backend (meta or concrete)")
+    source: str = Field(description="package:NAME, a .gguf path, or a pulled store name")
+    backend: str = Field(
+        "llama-cpp", description="runner backend: llama-cpp (embedded), a variant or installed"
+    )
     ctx_size: int = Field(4096, ge=0, description="context tokens for the whole runner")
-    parallel: int | None = Field(None, ge=1, description="slots; None = SWITCHBOARD_NUM_PARALLEL")
-    gpu_layers: int | str = Field("auto", description="layers to offload, or 'auto'")
+    parallel: int | None = Field(
+        None, ge=1, description="request slots; empty = SWITCHBOARD_NUM_PARALLEL"
+    )
+    gpu_layers: int | str = Field("auto", description="layers to offload to the GPU, or 'auto'")
     args: tuple[str, ...] = Field((), description="extra llama-server arguments")
     chat_template: str | None = Field(
-        None, description="bundled template name (e.g. gemma) or a .jinja path; None = GGUF's"
+        None, description="bundled template (e.g. gemma) or a .jinja path; empty = the GGUF's"
     )
     aliases: tuple[str, ...] = Field((), description="other names clients may send")
-    keep_alive: Duration | None = Field(None, description="idle time before unload")
+    keep_alive: Duration | None = Field(
+        None, description="idle time before unload; empty = SWITCHBOARD_KEEP_ALIVE"
+    )
+    embeddings: bool = Field(
+        False, description="an embeddings model: /v1/embeddings only, chat gets a 400"
+    )
 
     @field_validator("chat_template")
     @classmethod
@@ -143,7 +152,7 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="address the gateway listens on")
     port: int = Field(8080, ge=0, le=65535, description="port the gateway listens on")
     home: Path = Field(Path.home() / ".switchboard", description="models, backends and state")
-    tmpdir: Path | None = Field(None, description="where payloads are extracted; None = system tmp")
+    tmpdir: Path | None = Field(None, description="where runners are extracted; empty = system tmp")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "switchboard", description="compiled payload build cache"
     )
@@ -152,7 +161,7 @@ class Settings(BaseModel):
     num_parallel: int = Field(1, ge=1, description="request slots per runner")
     max_queue: int = Field(512, ge=1, description="requests waiting for a runner at most")
     memory_budget: ByteSize = Field(
-        None, description="bytes runners may use in all, e.g. '12GiB'; None = this machine's RAM"
+        None, description="bytes runners may use in all, e.g. '12GiB'; empty = this machine's RAM"
     )
     load_timeout: Duration = Field(300.0, description="longest wait for a runner to turn healthy")
     stop_timeout: Duration = Field(5.0, description="grace between SIGTERM and SIGKILL")
@@ -167,7 +176,7 @@ class Settings(BaseModel):
     max_body_bytes: ByteSize = Field(
         32 * _MIB, description="largest request body accepted (413 beyond)"
     )
-    threads: int | None = Field(None, ge=1, description="llama-server --threads; None = its own")
+    threads: int | None = Field(None, ge=1, description="llama-server --threads; empty = its own")
     log_level: str = Field("info", description="debug, info, warning or error")
     registry: str = Field(
         "registry.ollama.ai", description="registry host[:port] for names without a host"
@@ -324,11 +333,42 @@ def child_environment() -> dict[str, str]:
     }
 
 
-def describe() -> list[tuple[str, str, str]]:
-    """(env var, default, doc) for every knob, for `switchboard config` and the README."""
+def format_duration(seconds: float) -> str:
+    """The shortest Go-style duration for ``seconds``: 300 -> '5m', 0.5 -> '0.5s'."""
+    if seconds < 0:
+        return "-1"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _shown(default: object, metadata: list[Any]) -> str:
+    """A default as a user would write it in the YAML file or the environment."""
+    validators = {getattr(m, "func", None) for m in metadata}
+    if default is None:
+        return ""
+    if isinstance(default, Path):
+        home = str(Path.home())
+        text = str(default)
+        return "~" + text[len(home):] if text.startswith(home) else text
+    if isinstance(default, tuple):
+        return ",".join(default)
+    if parse_duration in validators and isinstance(default, int | float):
+        return format_duration(float(default))
+    if _optional_bytes in validators and isinstance(default, int):
+        return f"{default // _MIB}MiB" if default % _MIB == 0 else str(default)
+    return str(default)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(name, env var, default as written, doc) for every knob but the models table: for
+    `switchboard config`, the README's reference and the commented config file."""
     rows = []
     for name, field in Settings.model_fields.items():
+        if name == "models":
+            continue
         default = field.get_default(call_default_factory=False)
-        shown = "(models table)" if name == "models" else repr(default)
-        rows.append((ENV_PREFIX + name.upper(), shown, field.description or ""))
+        rows.append((name, ENV_PREFIX + name.upper(), _shown(default, field.metadata),
+                     field.description or ""))
     return rows

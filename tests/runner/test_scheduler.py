@@ -583,3 +583,24 @@ async def test_a_models_backend_picks_what_is_launched(tmp_path: Path) -> None:
     # No CPU flags here: the meta can only offer plain cpu; naming a variant forces it.
     assert launched == {"a": "cpu", "b": "cpu_avx2", "c": "mine"}
     await scheduler.close()
+
+
+async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: Path) -> None:
+    from runner.scheduler import EmbeddingsOnlyError
+
+    gguf = tmp_path / "e.gguf"
+    gguf.write_bytes(b"GGUF")
+    settings = Settings(home=tmp_path, models={
+        "embed": ModelConfig(source=str(gguf), embeddings=True)})
+    factory = Factory()
+    scheduler = Scheduler(settings, Payloads(root=tmp_path / "p", sources={},
+                                             system_binary=tmp_path / "bin"),
+                          cpu_flags=frozenset(), runner_factory=factory,
+                          estimator=lambda *_: MiB, memory=lambda: (64 << 30, 64 << 30))
+    with pytest.raises(EmbeddingsOnlyError, match="/v1/embeddings"):
+        async with scheduler.acquire("embed"):
+            pass
+    async with scheduler.acquire("embed", RunnerOptions(embeddings=True)) as lease:
+        assert lease.runner.spec.embeddings
+    assert scheduler.loads == 1
+    await scheduler.close()
