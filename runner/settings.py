@@ -86,7 +86,16 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _expand_user(value: object) -> object:
+    if value == "":
+        return None  # an empty variable or key means "not set", never the current directory
+    return Path(value).expanduser() if isinstance(value, str | Path) else value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# "~/models" in a YAML file means the user's home, as in a shell.
+UserPath = Annotated[Path, BeforeValidator(_expand_user)]
+OptionalUserPath = Annotated[Path | None, BeforeValidator(_expand_user)]
 ByteSize = Annotated[int | None, BeforeValidator(_optional_bytes)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 
@@ -151,9 +160,11 @@ class Settings(BaseModel):
 
     host: str = Field("127.0.0.1", description="address the gateway listens on")
     port: int = Field(8080, ge=0, le=65535, description="port the gateway listens on")
-    home: Path = Field(Path.home() / ".switchboard", description="models, backends and state")
-    tmpdir: Path | None = Field(None, description="where runners are extracted; empty = system tmp")
-    cache_dir: Path = Field(
+    home: UserPath = Field(Path.home() / ".switchboard", description="models, backends and state")
+    tmpdir: OptionalUserPath = Field(
+        None, description="where runners are extracted; empty = system tmp"
+    )
+    cache_dir: UserPath = Field(
         Path.home() / ".cache" / "switchboard", description="compiled payload build cache"
     )
     keep_alive: Duration = Field(300.0, description="default idle time before a model unloads")
@@ -169,9 +180,13 @@ class Settings(BaseModel):
         10.0, description="seconds between runner /health checks; 2 misses kill it; 0 = off"
     )
     llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")
-    llama_server: Path | None = Field(None, description="system llama-server used without payloads")
+    llama_server: OptionalUserPath = Field(
+        None, description="system llama-server used without payloads"
+    )
     api_keys: CommaList = Field((), description="keys clients must send; empty = no auth")
-    api_keys_file: Path | None = Field(None, description="more keys, one per line ('#' comments)")
+    api_keys_file: OptionalUserPath = Field(
+        None, description="more keys, one per line ('#' comments)"
+    )
     cors_origins: CommaList = Field((), description="browser origins allowed; '*' for any")
     max_body_bytes: ByteSize = Field(
         32 * _MIB, description="largest request body accepted (413 beyond)"
@@ -199,7 +214,7 @@ class Settings(BaseModel):
     force_capability: str | None = Field(
         None, description="pretend this accelerator (nvidia-cuda-12, amd, default…) for galleries"
     )
-    system_backends: Path | None = Field(
+    system_backends: OptionalUserPath = Field(
         None, description="read-only directory of backends the system provides"
     )
     models: dict[str, ModelConfig] = Field(
