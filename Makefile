@@ -36,7 +36,7 @@ serve: payloads model
 	$(BIN)/switchboard serve
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check gateway runner tests bench
+	$(BIN)/ruff check gateway runner tests bench setup.py
 	$(BIN)/mypy
 
 test: payloads model lint
