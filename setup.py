@@ -1,10 +1,11 @@
 """Platform wheels that carry the compiled llama-server payloads.
 
-Everything else about the package is in pyproject.toml; this file only adds two build steps:
-``build_py`` compiles the payloads when the tree has none (an sdist, or a fresh clone: about
-6 minutes, cached by source digest under ``$SWITCHBOARD_CACHE_DIR`` or
-``~/.cache/switchboard``), and ``bdist_wheel`` tags the wheel for this platform, since it
-carries native executables (``py3-none-<platform>``: no Python ABI is involved).
+Everything else about the package is in pyproject.toml; this file only adds two build steps.
+``build_py`` compiles the payloads when the tree has none (an sdist, or a fresh clone: about 6
+minutes, cached by source digest under ``$SWITCHBOARD_CACHE_DIR`` or ``~/.cache/switchboard``;
+``$SWITCHBOARD_VARIANTS`` picks them, default ``cpu cpu_avx2``). ``bdist_wheel`` tags the wheel
+for this platform, since it carries native executables (``py3-none-<platform>``: no Python ABI
+is involved).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class BuildWithPayloads(build_py):
 
         if not packaged_variants():
             cache = os.environ.get("SWITCHBOARD_CACHE_DIR") or Path.home() / ".cache/switchboard"
-            build_runners(Path(cache), list(DEFAULT_VARIANTS))
+            build_runners(Path(cache), os.environ.get("SWITCHBOARD_VARIANTS", "").split()
+                          or list(DEFAULT_VARIANTS))
         super().run()
 
 

@@ -251,3 +251,27 @@ def build_runners(
             log.info("%s: taken from build cache %s", variant.name, cached.parent)
         installed.append(_install(cached, meta, dest_root, variant.name))
     return installed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runner.build [--cache DIR] [VARIANT ...]``: the build with nothing but the
+    standard library imported (a Docker build stage or setup.py has no pydantic to load
+    settings with); ``switchboard build-runners`` is the same with the settings applied."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m runner.build")
+    parser.add_argument("variants", nargs="*", default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "switchboard")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        for path in build_runners(args.cache, args.variants):
+            print(path)
+    except BuildError as exc:
+        print(f"build: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
