@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -18,13 +19,34 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
-from runner.memory import gpu_library
+from runner.memory import gpu_library, gpus
 from runner.payloads import extract, find_system_binary
 from runner.pull import Puller
 from runner.scheduler import Scheduler
 from runner.settings import Settings
+from runner.units import format_bytes
+from runner.variants import GpuInfo, explain, read_cpu_flags
 
 log = logging.getLogger(__name__)
+
+
+def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> None:
+    """What an operator needs at start: where, which runner and why, GPUs, models, auth."""
+    where = f"http://{settings.host}:{settings.port}/v1"
+    log.info("switchboard %s listening on %s", version("switchboard"), where)
+    log.info("runner: %s", explain(scheduler.variants(), read_cpu_flags(), gpu,
+                                   settings.llm_library))
+    found = gpus()
+    for device in found:
+        log.info("GPU %d: %s, %s free of %s", device.index, device.name,
+                 format_bytes(device.free), format_bytes(device.total))
+    if not found:
+        log.info("GPUs: none found (no NVIDIA driver or device; the runner uses the CPU)")
+    names = scheduler.catalog.names()
+    log.info("models (%d): %s", len(names), ", ".join(names) or "none: switchboard pull NAME")
+    keys = len(settings.api_keys)
+    log.info("auth: %s", f"on ({keys} key{'s' if keys != 1 else ''})" if keys
+             else "off (no SWITCHBOARD_API_KEYS)")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -49,8 +71,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.metrics = metrics
         app.state.scheduler = scheduler
         app.state.upstream = upstream
-        log.info("runner variants for this machine, best first: %s (GPU library: %s)",
-                 ", ".join(scheduler.variants()) or "none", gpu.requested if gpu else "none")
+        _banner(settings, scheduler, gpu)
         try:
             yield
         finally:

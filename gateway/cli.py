@@ -61,10 +61,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
         return 2
-    logging.getLogger(__name__).info(
-        "switchboard serving on http://%s:%d/v1 (models: %s)",
-        settings.host, settings.port, ", ".join(settings.models),
-    )
     uvloop.run(_serve(settings))
     return 0
 

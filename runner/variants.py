@@ -84,3 +84,25 @@ def order_variants(
     if SYSTEM_VARIANT in names:
         ordered.append(SYSTEM_VARIANT)  # built for this machine by its operator: try it last
     return ordered
+
+
+def explain(
+    ordered: list[str],
+    cpu_flags: frozenset[str],
+    gpu: GpuInfo | None = None,
+    override: str | None = None,
+) -> str:
+    """Why ``ordered[0]`` was chosen, in a line for the start-up banner."""
+    if not ordered:
+        return "none: no payload runs here (switchboard build-runners, or SWITCHBOARD_LLAMA_SERVER)"
+    chosen = ordered[0]
+    if override and chosen == override:
+        return f"{chosen} (forced by SWITCHBOARD_LLM_LIBRARY)"
+    if gpu is not None and chosen.split("_")[0] == gpu.library:
+        return f"{chosen} (GPU runtime {gpu.requested} found)"
+    gpu_note = f"no payload for GPU runtime {gpu.requested}; " if gpu is not None else ""
+    if chosen in CPU_REQUIREMENTS:
+        needs = sorted(CPU_REQUIREMENTS[chosen])
+        why = f"CPU has {', '.join(needs)}" if needs else "runs on any x86-64 CPU"
+        return f"{chosen} ({gpu_note}{why})"
+    return f"{chosen} ({gpu_note}the best of {', '.join(ordered)})"

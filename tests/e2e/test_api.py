@@ -189,3 +189,14 @@ def test_cors_allows_configured_origins(tmp_path: Path, gemma_path: Path) -> Non
         assert "access-control-allow-origin" not in other.headers
     finally:
         served.stop()
+
+
+def test_start_banner_says_where_which_runner_and_why_gpus_models_and_auth(
+    served: Served,
+) -> None:
+    log = served.log_text()
+    assert f"listening on http://127.0.0.1:{served.port}/v1" in log
+    assert "runner: cpu" in log and ("(CPU has" in log or "runs on any x86-64 CPU" in log)
+    assert "GPUs: none found" in log or "GPU 0:" in log
+    assert "models (1): gemma3:270m" in log
+    assert "auth: on (3 keys)" in log

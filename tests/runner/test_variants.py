@@ -77,3 +77,17 @@ def test_default_variants_are_built(real_variants: dict[str, Path], variant: str
 def test_order_variants_system_binary_is_last_resort_or_forced() -> None:
     assert order_variants(["cpu", "system"], AVX2_CPU) == ["cpu", "system"]
     assert order_variants(["cpu", "system"], AVX2_CPU, override="system") == ["system"]
+
+
+def test_the_banner_explains_the_choice() -> None:
+    from runner.variants import explain
+
+    avx2 = frozenset({"avx", "avx2", "fma", "f16c", "bmi2", "sse4_2"})
+    assert explain(["cpu_avx2", "cpu"], avx2).startswith("cpu_avx2 (CPU has avx, avx2")
+    assert explain(["cpu"], frozenset()) == "cpu (runs on any x86-64 CPU)"
+    assert explain(["cuda_v12", "cpu"], frozenset(), GpuInfo("cuda", "v12")) == \
+        "cuda_v12 (GPU runtime cuda_v12 found)"
+    assert "no payload for GPU runtime cuda_v13" in explain(["cpu"], frozenset(),
+                                                            GpuInfo("cuda", "v13"))
+    assert explain(["cpu"], avx2, override="cpu") == "cpu (forced by SWITCHBOARD_LLM_LIBRARY)"
+    assert explain([], avx2).startswith("none")
