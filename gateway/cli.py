@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -25,14 +28,14 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, listener: int) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
     from gateway.app import create_app
 
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    config.bind = [f"fd://{listener}"]  # hypercorn owns (and closes) the bound socket
     config.accesslog = None  # gateway.access_log writes one line per request
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.stop_timeout
@@ -61,7 +64,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
         return 2
-    uvloop.run(_serve(settings))
+    # Bound here, before anything starts: a taken port is one clear line, not a traceback
+    # after the runners were already extracted.
+    try:
+        listener = socket.create_server((settings.host, settings.port))
+    except OSError as exc:
+        hint = (" (another switchboard? `switchboard ps` asks it; or choose --port / "
+                "SWITCHBOARD_PORT)" if exc.errno == errno.EADDRINUSE else "")
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"serve: cannot listen on {settings.host}:{settings.port}: {reason}{hint}",
+              file=sys.stderr)
+        return 1
+    uvloop.run(_serve(settings, listener.detach()))
     return 0
 
 

@@ -71,3 +71,18 @@ def test_cli_installs_the_meta_target_for_the_forced_capability(
     assert f"meta -> {chosen}" in capsys.readouterr().out
     assert cli.main(["backends", "rm", "best"]) == 0
     assert list((tmp_path / "home" / "backends").iterdir()) == []
+
+
+def test_cli_serve_on_a_taken_port_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setenv("SWITCHBOARD_HOME", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("**/switchboard.pid"))  # nothing was started
