@@ -100,21 +100,32 @@ def _server_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
+def _admin_headers(settings: Settings) -> dict[str, str]:
+    """The server's own key, when it has any: the CLI runs beside it with the same settings."""
+    return {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     import httpx
 
     settings = load_settings(args.config)
     try:
-        models = httpx.get(f"{_server_url(settings)}/api/ps", timeout=10).json()["models"]
+        response = httpx.get(f"{_server_url(settings)}/api/ps", timeout=10,
+                             headers=_admin_headers(settings))
     except httpx.HTTPError as exc:
         print(f"ps: cannot reach switchboard at {_server_url(settings)}: {exc}", file=sys.stderr)
         return 1
-    print(f"{'MODEL':24} {'PID':>8} {'VARIANT':10} {'CTX':>6} {'BUSY':>4} {'RSS':>9}  UNTIL")
-    for m in models:
+    if response.status_code != 200:
+        print(f"ps: {response.json()['error']['message']}", file=sys.stderr)
+        return 1
+    print(f"{'MODEL':24} {'MODE':10} {'PID':>8} {'VARIANT':10} {'CTX':>6} {'BUSY':>4} "
+          f"{'RSS':>9}  UNTIL")
+    for m in response.json()["models"]:
         rss = m["memory"]["actual_bytes"]
         until = "busy" if m["in_flight"] else (m["expires_at"] or "forever")
-        print(f"{m['model']:24} {m['pid'] or '-':>8} {m['variant']:10} {m['ctx_size']:>6} "
-              f"{m['in_flight']:>4} {f'{rss / 2**20:.0f} MiB' if rss else '-':>9}  {until}")
+        print(f"{m['model']:24} {m['mode']:10} {m['pid'] or '-':>8} {m['variant']:10} "
+              f"{m['ctx_size']:>6} {m['in_flight']:>4} "
+              f"{f'{rss / 2**20:.0f} MiB' if rss else '-':>9}  {until}")
     return 0
 
 
@@ -124,7 +135,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     try:
         response = httpx.post(f"{_server_url(settings)}/api/unload", json={"model": args.model},
-                              timeout=settings.stop_timeout + 15)
+                              timeout=settings.stop_timeout + 15,
+                              headers=_admin_headers(settings))
     except httpx.HTTPError as exc:
         print(f"stop: cannot reach switchboard at {_server_url(settings)}: {exc}",
               file=sys.stderr)
@@ -210,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `switchboard config | head`: the reader left; say nothing more (Python's advice:
+        # point stdout at devnull so the interpreter's final flush does not raise again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ import sys
 from typing import TYPE_CHECKING
 
 from runner.catalog import Catalog, open_store
-from runner.models import ModelSourceError, is_store_source, resolve_source
+from runner.models import (
+    PACKAGE_PREFIX,
+    ModelSourceError,
+    is_store_source,
+    package_target,
+    resolve_source,
+)
 from runner.names import InvalidNameError
 from runner.settings import Settings, load_settings
 from runner.store import LICENSE_MEDIA, PARAMS_MEDIA, TEMPLATE_MEDIA, StoreError, age
@@ -124,12 +130,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for name, config in settings.models.items():
         if is_store_source(config.source):
             continue
-        size = "-"
-        if not config.source.startswith("package:"):  # assembling one is not for `ls`
-            try:
+        try:
+            if config.source.startswith(PACKAGE_PREFIX):  # assembling one is not for `ls`
+                path = package_target(config.source.removeprefix(PACKAGE_PREFIX), settings.home)
+                size = format_size(path.stat().st_size) if path.is_file() else "not assembled"
+            else:
                 size = format_size(resolve_source(config.source, settings.home).stat().st_size)
-            except (ModelSourceError, OSError):
-                size = "missing"
+        except (ModelSourceError, OSError):
+            size = "missing"
         rows.append((name, "-", size, "-", "config: " + config.source))
     print(f"{'NAME':40} {'ID':12}  {'SIZE':>9}  {'MODIFIED':16}  SOURCE")
     for name, digest, size, modified, source in rows:

@@ -24,7 +24,8 @@ class ModelSourceError(RuntimeError):
     """A model's source cannot produce a GGUF file; the message says what to do."""
 
 
-def _assemble_package(package: str, home: Path) -> Path:
+def package_target(package: str, home: Path) -> Path:
+    """Where a packaged model is (or will be) assembled."""
     module_name = package.replace("-", "_")
     try:
         module = importlib.import_module(module_name)
@@ -32,7 +33,12 @@ def _assemble_package(package: str, home: Path) -> Path:
         raise ModelSourceError(
             f"model package {package!r} is not installed (pip install {package})"
         ) from exc
-    target = home / "models" / "packages" / package / str(module.MODEL_NAME)
+    return home / "models" / "packages" / package / str(module.MODEL_NAME)
+
+
+def _assemble_package(package: str, home: Path) -> Path:
+    module = importlib.import_module(package.replace("-", "_"))
+    target = package_target(package, home)
     if not target.is_file():
         log.info("assembling %s into %s", package, target)
     # assemble() verifies the digest of an existing file too, so a torn copy is caught.
