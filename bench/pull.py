@@ -70,20 +70,15 @@ def sha256_seconds(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--file", type=Path)
-    parser.add_argument("--rate", type=float,
-                        help="cap the registry at this many MB/s (a fast link, not loopback)")
-    args = parser.parse_args()
-    path = args.file or resolve_source(Settings().models[DEFAULT_MODEL].source, Settings().home)
+def measure(path: Path, rounds: int = 3, rate: float | None = None) -> dict[str, list[float]]:
+    """Interleaved rounds of curl, the CLI and the in-process downloader on one registry;
+    seconds per round for each, plus 'download' and 'verified' marks and 'hash' (sha256 of
+    the whole file afterwards)."""
     size = path.stat().st_size
-    mb = size / 1e6
     rows: dict[str, list[float]] = {
-        "curl": [], "cli": [], "inproc": [], "download": [], "verified": []}
+        "curl": [], "cli": [], "inproc": [], "download": [], "verified": [], "hash": []}
     digest = "sha256:" + file_sha256(path)
-    limit = ["--rate", str(args.rate * 1e6)] if args.rate else []
+    limit = ["--rate", str(rate * 1e6)] if rate else []
     server = subprocess.Popen([sys.executable, "-m", "tests.fakes.registry", str(path), *limit],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -92,7 +87,7 @@ def main() -> None:
         url = f"http://{host}/v2/library/bench/blobs/{digest}"
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 rows["curl"].append(curl(url, root / "curl.out"))
                 for name in ("cli", "inproc"):
                     shutil.rmtree(root / name, ignore_errors=True)
@@ -102,11 +97,25 @@ def main() -> None:
                 rows["inproc"].append(total)
                 rows["download"].append(download)
                 rows["verified"].append(verified)
-            hashing = statistics.median(sha256_seconds(root / "curl.out") for _ in range(3))
+            rows["hash"] = [sha256_seconds(root / "curl.out") for _ in range(3)]
     finally:
         server.terminate()
         server.wait(10)
-    med = {name: statistics.median(values) for name, values in rows.items()}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--file", type=Path)
+    parser.add_argument("--rate", type=float,
+                        help="cap the registry at this many MB/s (a fast link, not loopback)")
+    args = parser.parse_args()
+    path = args.file or resolve_source(Settings().models[DEFAULT_MODEL].source, Settings().home)
+    mb = path.stat().st_size / 1e6
+    med = {name: statistics.median(values)
+           for name, values in measure(path, args.rounds, args.rate).items()}
+    hashing = med["hash"]
     link = f"registry capped at {args.rate:g} MB/s" if args.rate else "loopback, uncapped"
     print(f"file: {path.name}, {mb:.1f} MB; {link}; {args.rounds} interleaved rounds, medians")
     print(f"curl                      {med['curl']:6.2f} s  {mb / med['curl']:7.0f} MB/s")
