@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint payloads model toolchain clean
+.PHONY: serve test lint payloads model toolchain bench clean
 
 # Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
@@ -41,6 +41,11 @@ lint: $(INSTALLED)
 
 test: payloads model lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Peers side by side (about 5 minutes): writes docs/benchmarks.{md,json,png}.
+bench: payloads model
+	$(BIN)/python -m pip install --quiet -e '.[dev,build,bench]'
+	$(BIN)/python -m bench.peers
 
 clean:
 	rm -rf $(VENV) runner/payloads build *.egg-info .pytest_cache .mypy_cache .ruff_cache

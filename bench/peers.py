@@ -1,0 +1,672 @@
+"""switchboard against its peers, side by side in one run: ``make bench``.
+
+Peers, all on 127.0.0.1, all started and stopped here, all on the same ``llama-server``
+payload and the default model (Gemma 3 270M, ctx 2048, one slot, the bundled Gemma template):
+
+- **direct**: ``llama-server`` alone, the physical limit for any proxy;
+- **router**: ``llama-server`` in router mode (``--models-dir``, ``--models-max``);
+- **switchboard**.
+
+For the proxy's own cost a stub upstream (``bench/stub_runner.py``, answers at once) stands in
+for the model: direct-to-stub against switchboard-to-stub (router mode cannot front a stub: it
+spawns llama-server itself). Writes ``docs/benchmarks.md`` (medians, ratios, targets missed
+first), ``docs/benchmarks.json`` (every sample) and ``docs/benchmarks.png``.
+
+    .venv/bin/python -m bench.peers [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvloop
+
+from bench import pull as pull_bench
+from bench.load import Target, chat_body, percentile, run
+from gateway.upstream import UpstreamPool
+from runner.models import resolve_source, resolve_template
+from runner.payloads import packaged_variants
+from runner.settings import DEFAULT_MODEL, Settings
+from runner.variants import order_variants, read_cpu_flags
+from tests.e2e.server import Served, free_port, start_server, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+STUB = Path(__file__).with_name("stub_runner.py")
+MODEL = DEFAULT_MODEL
+CTX = "2048"
+
+
+@dataclass
+class Peer:
+    """One server under test: where it listens and how to name the model there."""
+
+    name: str
+    url: str
+    model: str
+    pid: int
+    stop: Callable[[], None]
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def target(self, path: str = "/v1/chat/completions") -> Target:
+        return Target(self.url + path, self.headers)
+
+
+@dataclass
+class Results:
+    machine: dict[str, str] = field(default_factory=dict)
+    samples: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, list[list[str]]] = field(default_factory=dict)
+    missed: list[str] = field(default_factory=list)
+    met: list[str] = field(default_factory=list)
+
+    def target(self, ok: bool, text: str) -> None:
+        (self.met if ok else self.missed).append(text)
+
+
+# -- starting peers ---------------------------------------------------------------------------
+
+
+def _healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    if not wait_until(up, timeout, step=0.1):
+        raise RuntimeError(f"{url} not healthy in {timeout}s")
+
+
+def _stopper(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    return stop
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def llama_args(template: Path) -> list[str]:
+    return ["--ctx-size", CTX, "--parallel", "1", "--jinja", "--chat-template-file",
+            str(template)]
+
+
+def start_direct(binary: Path, gguf: Path, template: Path, work: Path) -> Peer:
+    port = free_port()
+    proc = _spawn([str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                   "--alias", MODEL, *llama_args(template)], work / "direct.log")
+    url = f"http://127.0.0.1:{port}"
+    _healthy(url, proc)
+    return Peer("direct", url, MODEL, proc.pid, _stopper(proc))
+
+
+def start_router(binary: Path, gguf: Path, template: Path, work: Path, names: list[str],
+                 models_max: int) -> Peer:
+    models = work / f"router-models-{models_max}"
+    models.mkdir(exist_ok=True)
+    for name in names:
+        link = models / f"{name}.gguf"
+        if not link.exists():
+            link.symlink_to(gguf)
+    port = free_port()
+    proc = _spawn([str(binary), "--models-dir", str(models), "--models-max", str(models_max),
+                   "--host", "127.0.0.1", "--port", str(port), *llama_args(template)],
+                  work / "router.log")
+    url = f"http://127.0.0.1:{port}"
+    _healthy(url, proc)
+    return Peer("router", url, names[0], proc.pid, _stopper(proc))
+
+
+def start_switchboard(work: Path, models: dict[str, dict[str, Any]],
+                      env: dict[str, str] | None = None) -> Peer:
+    root = Path(tempfile.mkdtemp(dir=work, prefix="switchboard-"))
+    served: Served = start_server(root, models, {"SWITCHBOARD_LOG_LEVEL": "warning",
+                                                 **(env or {})})
+    def stop() -> None:
+        served.stop()
+
+    return Peer("switchboard", served.url, next(iter(models)), served.proc.pid, stop)
+
+
+def start_stub(wrapper: Path, work: Path) -> Peer:
+    port = free_port()
+    proc = _spawn([str(wrapper), "--port", str(port), "--alias", MODEL], work / "stub.log")
+    url = f"http://127.0.0.1:{port}"
+    _healthy(url, proc, 30)
+    return Peer("direct", url, MODEL, proc.pid, _stopper(proc))
+
+
+def extract_binary(work: Path) -> Path:
+    variants = packaged_variants()
+    ordered = order_variants(variants, read_cpu_flags())
+    if not ordered:
+        raise SystemExit("no runner payloads: run `make payloads` first")
+    binary = work / "bin" / "llama-server"
+    binary.parent.mkdir(parents=True)
+    with gzip.open(variants[ordered[0]]) as packed, binary.open("wb") as out:
+        shutil.copyfileobj(packed, out)
+    binary.chmod(0o755)
+    return binary
+
+
+def stub_wrapper(work: Path) -> Path:
+    wrapper = work / "bin" / "stub-llama-server"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {STUB} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def rss(pid: int, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f}"
+
+
+def latency_stats(samples: list[float]) -> dict[str, float]:
+    return {f"p{q}": percentile(samples, q) for q in (50, 90, 99)}
+
+
+async def stream_once(target: Target, body: bytes) -> tuple[float, float, int]:
+    """(time to first content, seconds from first content to the end, content events)."""
+    pool = UpstreamPool()
+    host, port = target.address
+    started = time.perf_counter()
+    first = 0.0
+    events = 0
+    try:
+        response = await pool.request(host, port, b"POST", target.path,
+                                      [(b"Content-Type", b"application/json"), *target.headers],
+                                      body, limit=1)
+        pending = b""
+        async for chunk in response.chunks():
+            pending += chunk
+            *complete, pending = pending.split(b"\n\n")
+            for event in complete:
+                if b'"content":"' in event or b'"text":"' in event:
+                    if not first:
+                        first = time.perf_counter() - started
+                    events += 1
+        response.release()
+    finally:
+        pool.close()
+    return first, time.perf_counter() - started - first, events
+
+
+class ChildCounter:
+    """Counts the distinct runner processes a server starts while it is watched."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _children(self) -> set[int]:
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.pid:
+                found.add(int(stat.parent.name))
+        return found
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.seen |= self._children()
+            time.sleep(0.01)
+
+    def __enter__(self) -> ChildCounter:
+        self.seen = self._children()
+        self._before = set(self.seen)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def started(self) -> int:
+        return len(self.seen - self._before)
+
+
+@contextmanager
+def profiled(pid: int, seconds: float, out: Path) -> Iterator[None]:
+    """py-spy on ``pid`` for the block, when py-spy is installed (the bench extra has it)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    proc = None
+    if Path(spy).exists():
+        proc = subprocess.Popen([spy, "record", "-p", str(pid), "-o", str(out), "-f", "raw",
+                                 "-r", "250", "-d", str(int(seconds) + 1), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        if proc is not None:
+            proc.wait(60)
+
+
+def profile_shares(raw: Path) -> list[tuple[str, float]]:
+    """Where a process's busy time went, by package (py-spy raw stacks; idle epoll left out)."""
+    shares: dict[str, int] = {}
+    busy = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or frames[-1].startswith("Runner.run"):
+            continue
+        leaf = frames[-1]
+        where = leaf[leaf.find("(") + 1 :].split(":")[0]
+        package = where.split("/")[0] if "/" in where else where.removesuffix(".py")
+        shares[package] = shares.get(package, 0) + int(count)
+        busy += int(count)
+    return sorted(((k, v / busy) for k, v in shares.items()), key=lambda kv: -kv[1])[:10]
+
+
+# -- the figures --------------------------------------------------------------------------------
+
+
+async def added_latency(peers: list[Peer], requests: int, clients: int,
+                        body: bytes) -> dict[str, list[float]]:
+    """Per-peer latencies, in interleaved blocks so every peer sees the same machine state."""
+    samples: dict[str, list[float]] = {p.name: [] for p in peers}
+    for peer in peers:  # warm-up, excluded
+        await run(peer.target(), chat_body(peer.model), 50, clients)
+    blocks = 5
+    for _ in range(blocks):
+        for peer in peers:
+            block = body.replace(b'"model":"' + MODEL.encode() + b'"',
+                                 b'"model":"' + peer.model.encode() + b'"')
+            lat, _ = await run(peer.target(), block, requests // blocks, clients)
+            samples[peer.name] += lat
+    return samples
+
+
+def figure_latency(results: Results, label: str, samples: dict[str, list[float]],
+                   base: str = "direct") -> dict[str, dict[str, float]]:
+    stats = {name: latency_stats(values) for name, values in samples.items()}
+    rows = results.rows.setdefault("latency", [])
+    for name, st in stats.items():
+        added = {q: st[q] - stats[base][q] for q in st}
+        rows.append([label, name, str(len(samples[name])), ms(st["p50"]), ms(st["p90"]),
+                     ms(st["p99"]),
+                     "-" if name == base else f"{added['p50'] * 1000:+.3f}",
+                     "-" if name == base else f"{added['p99'] * 1000:+.3f}"])
+    return stats
+
+
+def run_all(quick: bool) -> Results:
+    results = Results()
+    n = 200 if quick else 500
+    settings = Settings()
+    gguf = resolve_source(settings.models[MODEL].source, settings.home)
+    template = resolve_template("gemma")
+    results.machine = machine_facts()
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+        work = Path(tmp)
+        binary = extract_binary(work)
+        results.machine["llama-server"] = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True).stderr.strip()[-60:]
+        wrapper = stub_wrapper(work)
+        dummy = work / "stub.gguf"
+        dummy.write_bytes(b"GGUF")
+
+        # 1, 3, 6: the proxy alone, in front of the stub.
+        stub = start_stub(wrapper, work)
+        board = start_switchboard(work, {MODEL: {"source": str(dummy)}}, {
+            "SWITCHBOARD_LLAMA_SERVER": str(wrapper), "SWITCHBOARD_LLM_LIBRARY": "system"})
+        try:
+            idle_rss = rss(board.pid)
+            peers = [stub, board]
+            for clients in (1, 16):
+                got = uvloop.run(added_latency(peers, n, clients, chat_body(MODEL)))
+                results.samples[f"stub_latency_c{clients}"] = got
+                stats = figure_latency(results, f"stub, {clients} client(s)", got)
+                added50 = stats["switchboard"]["p50"] - stats["direct"]["p50"]
+                added99 = stats["switchboard"]["p99"] - stats["direct"]["p99"]
+                if clients == 1:
+                    results.target(added50 <= 0.0005,
+                                   f"added latency p50 {added50 * 1000:.3f} ms (target 0.5 ms)")
+                    results.target(added99 <= 0.002,
+                                   f"added latency p99 {added99 * 1000:.3f} ms (target 2 ms)")
+            throughput: dict[str, dict[int, float]] = {p.name: {} for p in peers}
+            profile = work / "gateway-profile.txt"
+            for clients in (1, 16, 64):
+                for peer in peers:
+                    count = n * 4
+                    if peer is board and clients == 16:
+                        with profiled(board.pid, 3, profile):
+                            _, wall = uvloop.run(run(peer.target(), chat_body(MODEL), count,
+                                                     clients))
+                    else:
+                        _, wall = uvloop.run(run(peer.target(), chat_body(MODEL), count,
+                                                 clients))
+                    throughput[peer.name][clients] = count / wall
+            results.samples["stub_throughput"] = throughput
+            for clients in (1, 16, 64):
+                results.rows.setdefault("throughput", []).append([
+                    str(clients), f"{throughput['direct'][clients]:.0f}",
+                    f"{throughput['switchboard'][clients]:.0f}",
+                    f"{throughput['switchboard'][clients] / throughput['direct'][clients]:.2f}",
+                ])
+            rps16 = throughput["switchboard"][16]
+            results.target(rps16 >= 2000, f"throughput at 16 clients {rps16:.0f} req/s "
+                                          "(target 2,000)")
+            loaded_rss = rss(board.pid, "VmHWM")
+            results.samples["gateway_rss"] = {"idle": idle_rss, "peak_under_load": loaded_rss}
+            results.target(loaded_rss <= 100 << 20,
+                           f"gateway RSS {loaded_rss / 2**20:.0f} MiB under load (target 100)")
+            if profile.exists():
+                results.samples["profile"] = profile_shares(profile)
+        finally:
+            board.stop()
+            stub.stop()
+
+        # 1, 2, 4: the real model behind each peer.
+        models = {MODEL: {"source": str(gguf), "ctx_size": int(CTX), "chat_template": "gemma"}}
+        direct = start_direct(binary, gguf, template, work)
+        router = start_router(binary, gguf, template, work, [MODEL.replace(":", "-")], 4)
+        board = start_switchboard(work, models)
+        peers = [direct, router, board]
+        try:
+            real = uvloop.run(added_latency(peers, n // 5 if quick else n // 2, 1,
+                                            chat_body(MODEL)))
+            results.samples["model_latency_c1"] = real
+            stats = figure_latency(results, "model, max_tokens=1", real)
+            sw = stats["switchboard"]["p50"] - stats["direct"]["p50"]
+            ro = stats["router"]["p50"] - stats["direct"]["p50"]
+            results.target(sw < ro, f"added latency on the model: switchboard "
+                                    f"{sw * 1000:+.2f} ms vs router {ro * 1000:+.2f} ms")
+            results.rows["streaming"] = []
+            streams: dict[str, list[tuple[float, float, int]]] = {p.name: [] for p in peers}
+            tokens = 64 if quick else 256
+            for _ in range(2 if quick else 3):
+                for peer in peers:
+                    body = orjson.dumps({
+                        "model": peer.model, "stream": True, "max_tokens": tokens,
+                        "temperature": 0, "ignore_eos": True,
+                        "messages": [{"role": "user", "content": "Tell me a story."}]})
+                    streams[peer.name].append(uvloop.run(stream_once(peer.target(), body)))
+            results.samples["streaming"] = streams
+            rates = {name: statistics.median(e / s for _, s, e in runs)
+                     for name, runs in streams.items()}
+            for name, runs in streams.items():
+                results.rows["streaming"].append([
+                    name, ms(statistics.median(r[0] for r in runs)), f"{rates[name]:.1f}",
+                    f"{rates[name] / rates['direct']:.3f}"])
+            ratio = rates["switchboard"] / rates["direct"]
+            results.target(ratio >= 0.99, f"streaming tokens/s {ratio:.3f} x direct "
+                                          "(target 0.99)")
+            results.samples["cold_start"] = cold = cold_starts(router, board,
+                                                               1 if quick else 3)
+            cold_med = {k: statistics.median(v) for k, v in cold.items()}
+            results.rows["cold"] = [[k, ms(v)] for k, v in cold_med.items()]
+            results.target(cold_med["switchboard"] <= cold_med["router"],
+                           f"cold start {cold_med['switchboard']:.2f} s vs router "
+                           f"{cold_med['router']:.2f} s")
+        finally:
+            for peer in peers:
+                peer.stop()
+
+        # 5: swapping two models with room for one.
+        results.samples["swap"] = swap = swaps(binary, gguf, template, work)
+        results.rows["swap"] = [[name, f"{s['seconds']:.2f}", str(s["loads"])]
+                                for name, s in swap.items()]
+        results.target(swap["switchboard"]["loads"] <= swap["router"]["loads"],
+                       f"swap: switchboard {swap['switchboard']['loads']} loads vs router "
+                       f"{swap['router']['loads']}")
+
+    # 7: pull throughput.
+    pulls = pull_bench.measure(gguf, 1 if quick else 3)
+    results.samples["pull"] = pulls
+    size = gguf.stat().st_size / 1e6
+    med = {k: statistics.median(v) for k, v in pulls.items()}
+    results.rows["pull"] = [
+        ["curl", f"{med['curl']:.2f}", f"{size / med['curl']:.0f}", "1.00"],
+        ["switchboard pull (CLI)", f"{med['cli']:.2f}", f"{size / med['cli']:.0f}",
+         f"{med['curl'] / med['cli']:.2f}"],
+        ["downloader, in process", f"{med['inproc']:.2f}", f"{size / med['inproc']:.0f}",
+         f"{med['curl'] / med['inproc']:.2f}"],
+    ]
+    return results
+
+
+def cold_starts(router: Peer, board: Peer, rounds: int) -> dict[str, list[float]]:
+    """Seconds from the first request for an unloaded model to its first token."""
+    body = {"stream": True, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    times: dict[str, list[float]] = {"router": [], "switchboard": []}
+    for _ in range(rounds):
+        httpx.post(f"{router.url}/models/unload", json={"model": router.model}, timeout=60)
+        wait_until(lambda: _router_status(router) == "unloaded", 30)
+        times["router"].append(uvloop.run(stream_once(
+            router.target(), orjson.dumps({**body, "model": router.model})))[0])
+        httpx.post(f"{board.url}/api/unload", json={"model": board.model}, timeout=60)
+        times["switchboard"].append(uvloop.run(stream_once(
+            board.target(), orjson.dumps({**body, "model": board.model})))[0])
+    return times
+
+
+def _router_status(router: Peer) -> str:
+    for entry in httpx.get(f"{router.url}/v1/models", timeout=10).json()["data"]:
+        if entry["id"] == router.model:
+            return str(entry.get("status", {}).get("value", ""))
+    return ""
+
+
+def swaps(binary: Path, gguf: Path, template: Path, work: Path) -> dict[str, dict[str, Any]]:
+    """40 concurrent requests alternating over two models, room for one."""
+    names = ["swap-a", "swap-b"]
+    found: dict[str, dict[str, Any]] = {}
+    router = start_router(binary, gguf, template, work, names, 1)
+    board = start_switchboard(
+        work, {name: {"source": str(gguf), "ctx_size": int(CTX), "chat_template": "gemma"}
+               for name in names},
+        {"SWITCHBOARD_MAX_LOADED_MODELS": "1"})
+    try:
+        for peer in (router, board):
+            async def burst(peer: Peer = peer) -> None:
+                pool = UpstreamPool()
+                target = peer.target()
+                host, port = target.address
+
+                async def one(name: str) -> None:
+                    response = await pool.request(
+                        host, port, b"POST", target.path,
+                        [(b"Content-Type", b"application/json")], chat_body(name), limit=64)
+                    await response.read()
+                    response.release()
+                    if response.status != 200:
+                        raise RuntimeError(f"{peer.name} answered {response.status}")
+
+                try:
+                    await asyncio.gather(*(one(names[i % 2]) for i in range(40)))
+                finally:
+                    pool.close()
+
+            with ChildCounter(peer.pid) as counter:
+                started = time.perf_counter()
+                uvloop.run(burst())
+                seconds = time.perf_counter() - started
+            found[peer.name] = {"seconds": seconds, "loads": counter.started}
+    finally:
+        router.stop()
+        board.stop()
+    return found
+
+
+def machine_facts() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "cpu": cpu, "cores": str(os.cpu_count()), "memory": f"{int(mem) / 2**20:.1f} GiB",
+        "os": platform.platform(), "python": platform.python_version(),
+        "switchboard": version("switchboard"), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                     time.gmtime()),
+    }
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_markdown(results: Results, path: Path) -> None:
+    m = results.machine
+    parts = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` ({m['date']}) on {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory']}; {m['os']}; Python {m['python']}; switchboard {m['switchboard']}; "
+        f"{m.get('llama-server', '')}. Every peer ran the same `llama-server` payload and "
+        "model (Gemma 3 270M Q4_K_M, ctx 2048, one slot, the bundled Gemma template), on "
+        "127.0.0.1, interleaved; warm-up runs excluded. Raw samples: `benchmarks.json`.",
+        "",
+        "## Targets missed",
+        "",
+        *([f"- {line}" for line in results.missed] or ["- none"]),
+        "",
+        "## Targets met",
+        "",
+        *[f"- {line}" for line in results.met],
+        "",
+    ]
+    notes = Path(__file__).with_name("findings.md")
+    if notes.exists():
+        parts += [notes.read_text().strip(), ""]
+    if "profile" in results.samples:
+        parts += ["Where switchboard's CPU time went under 16 clients (py-spy, busy samples "
+                  "by package):", "",
+                  table(["package", "share"], [[k, f"{v:.0%}"] for k, v in
+                                               results.samples["profile"]]), ""]
+    parts += [
+        "## 1. Latency (ms; added = over direct)", "",
+        table(["upstream", "peer", "requests", "p50", "p90", "p99", "added p50", "added p99"],
+              results.rows.get("latency", [])), "",
+        "## 2. Streaming (256 tokens, ignore_eos)", "",
+        table(["peer", "time to first token ms", "tokens/s", "x direct"],
+              results.rows.get("streaming", [])), "",
+        "## 3. Throughput through the gateway (stub upstream, req/s)", "",
+        table(["clients", "direct", "switchboard", "ratio"], results.rows.get("throughput", [])),
+        "",
+        "## 4. Cold start (first request for an unloaded model to its first token, ms)", "",
+        table(["peer", "median"], results.rows.get("cold", [])), "",
+        "## 5. Swap (40 concurrent requests alternating two models, room for one)", "",
+        table(["peer", "seconds", "runner loads"], results.rows.get("swap", [])), "",
+        "## 6. Gateway memory", "",
+    ]
+    memory = results.samples.get("gateway_rss", {})
+    if memory:
+        parts += [f"switchboard RSS idle {memory['idle'] / 2**20:.0f} MiB, peak under load "
+                  f"{memory['peak_under_load'] / 2**20:.0f} MiB.", ""]
+    parts += ["## 7. Pull (loopback, the default model's GGUF)", "",
+              table(["client", "seconds", "MB/s", "x curl"], results.rows.get("pull", [])), "",
+              "![latency and throughput](benchmarks.png)", ""]
+    path.write_text("\n".join(parts))
+
+
+def write_chart(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels, p50s, p99s = [], [], []
+    series = {"stub_latency_c1": "stub, 1 client", "stub_latency_c16": "stub, 16 clients",
+              "model_latency_c1": "model, 1 client"}
+    for key, title in series.items():
+        for name, values in results.samples.get(key, {}).items():
+            labels.append(f"{title}\n{name}")
+            p50s.append(percentile(values, 50) * 1000)
+            p99s.append(percentile(values, 99) * 1000)
+    xs = range(len(labels))
+    left.bar([x - 0.2 for x in xs], p50s, 0.4, label="p50")
+    left.bar([x + 0.2 for x in xs], p99s, 0.4, label="p99")
+    left.set_xticks(list(xs), labels, fontsize=7)
+    left.set_ylabel("ms per request")
+    left.set_yscale("log")
+    left.set_title("latency")
+    left.legend()
+    throughput = results.samples.get("stub_throughput", {})
+    clients = [1, 16, 64]
+    for offset, (name, by_clients) in zip((-0.2, 0.2), throughput.items(), strict=False):
+        right.bar([i + offset for i in range(3)], [by_clients[c] for c in clients], 0.4,
+                  label=name)
+    right.set_xticks(range(3), [f"{c} clients" for c in clients])
+    right.set_ylabel("requests/s (stub upstream)")
+    right.set_title("throughput")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    results = run_all(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmarks.json").write_text(json.dumps(
+        {"machine": results.machine, "samples": results.samples, "missed": results.missed,
+         "met": results.met}, indent=1, default=str))
+    write_markdown(results, args.out / "benchmarks.md")
+    write_chart(results, args.out / "benchmarks.png")
+    print((args.out / "benchmarks.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
