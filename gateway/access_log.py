@@ -1,4 +1,5 @@
-"""One log line per request, and its ``x-request-id`` (the client's, or a new one) in and out.
+"""One log line per request, its ``x-request-id`` (the client's, or a new one) in and out, and
+the ``Date`` header.
 
 Plain ASGI: streamed bodies pass through untouched.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,6 +17,19 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger("switchboard.access")
 _ID_HEADER = b"x-request-id"
+
+
+_date: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The Date header, formatted once a second (the server's own is turned off: it formats
+    one per response)."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode())
+    return _date[1]
 
 
 def _request_id(scope: Scope) -> bytes:
@@ -43,7 +58,8 @@ class AccessLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (_ID_HEADER, request_id)]
+                message["headers"] = [*message.get("headers", ()), (_ID_HEADER, request_id),
+                                      (b"date", http_date())]
             await send(message)
 
         try:

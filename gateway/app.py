@@ -16,6 +16,7 @@ from gateway.access_log import AccessLog
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.hotpath import HotPath
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
@@ -87,13 +88,15 @@ def create_app(settings: Settings) -> Starlette:
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics),
-            # Before auth: a browser's preflight carries no credentials.
-            Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                       allow_methods=["GET", "POST", "OPTIONS"],
-                       allow_headers=["authorization", "content-type", "x-request-id"],
-                       expose_headers=["x-request-id"]),
+            # Before auth: a browser's preflight carries no credentials. Left out when no
+            # origin is allowed: it would only cost every request a pass through it.
+            *([Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                          allow_methods=["GET", "POST", "OPTIONS"],
+                          allow_headers=["authorization", "content-type", "x-request-id"],
+                          expose_headers=["x-request-id"])] if settings.cors_origins else []),
             Middleware(APIKeyAuth, keys=settings.api_keys),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
+            Middleware(HotPath, routes=[*chat.routes, *completions.routes, *embeddings.routes]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

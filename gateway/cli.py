@@ -37,6 +37,9 @@ async def _serve(settings: Settings, listener: int) -> None:
     config = Config()
     config.bind = [f"fd://{listener}"]  # hypercorn owns (and closes) the bound socket
     config.accesslog = None  # gateway.access_log writes one line per request
+    config.include_server_header = False
+    config.include_date_header = False  # gateway.access_log adds it, formatted once a second
+    config.keep_alive_max_requests = 1 << 30  # a client's pooled connection is no burden
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.stop_timeout
     stop = asyncio.Event()

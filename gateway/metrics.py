@@ -68,10 +68,25 @@ class Metrics:
                                       "spawn to /health 200", ["model"],
                                       buckets=_LOAD_BUCKETS, registry=self.registry)
         self.registry.register(_SchedulerGauges(self))
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._token_children: dict[str, tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # labels() hashes and locks on every call; the children are few and fixed, so
+        # looking each up once keeps metrics off the per-request profile.
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._request_children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _tokens(self, model: str) -> tuple[Any, Any]:
+        children = self._token_children.get(model)
+        if children is None:
+            children = (self.prompt_tokens.labels(model), self.completion_tokens.labels(model))
+            self._token_children[model] = children
+        return children
 
     def observe_usage(self, model: str, body: bytes) -> None:
         """Count tokens from a response body or SSE event carrying ``usage`` or ``timings``."""
@@ -91,10 +106,11 @@ class Metrics:
             prompt, completion = timings.get("prompt_n"), timings.get("predicted_n")
         else:
             return
+        prompt_counter, completion_counter = self._tokens(model)
         if isinstance(prompt, int):
-            self.prompt_tokens.labels(model).inc(prompt)
+            prompt_counter.inc(prompt)
         if isinstance(completion, int):
-            self.completion_tokens.labels(model).inc(completion)
+            completion_counter.inc(completion)
 
 
 async def metrics(request: Request) -> Response:

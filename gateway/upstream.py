@@ -190,18 +190,39 @@ class UpstreamResponse:
 
 @dataclass
 class _Host:
-    """Connections to one runner: idle ones, how many are out, and who waits for one."""
+    """Connections to one runner: idle ones, how many are out, and who waits for one.
+
+    A waiter is handed its turn directly (a connection, or ``None``: room to open one), in
+    arrival order; a request that finds others waiting queues behind them. Without that, new
+    arrivals took each freed connection before the woken waiter ran, and under 16 concurrent
+    clients some requests waited 0.5 s while others went through in 1 ms.
+    """
 
     idle: list[_Connection] = field(default_factory=list)
     active: int = 0
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[_Connection | None]] = field(default_factory=deque)
 
-    def wake_one(self) -> None:
+    def take_idle(self) -> _Connection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                conn._reset()
+                return conn
+        return None
+
+    def hand_over(self, conn: _Connection | None) -> bool:
+        """Give the first live waiter ``conn`` (or room for a new one); False if none waits."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                if conn is not None:
+                    conn.reused = True
+                    conn._reset()
+                self.active += 1
+                waiter.set_result(conn)
+                return True
+        return False
 
 
 class UpstreamPool:
@@ -226,32 +247,40 @@ class UpstreamPool:
             raise UpstreamError(f"cannot connect to runner at {key[0]}:{key[1]}: {exc}") from exc
         return conn
 
+    async def _open(self, host: _Host, key: tuple[str, int]) -> _Connection:
+        """A new connection in a slot already counted in ``host.active``."""
+        try:
+            return await self._connect(key)
+        except BaseException:
+            host.active -= 1
+            host.hand_over(None)
+            raise
+
     async def _checkout(self, key: tuple[str, int], limit: int) -> _Connection:
         host = self._hosts.setdefault(key, _Host())
-        while True:
-            while host.idle:
-                conn = host.idle.pop()
-                if conn.transport is not None and not conn.transport.is_closing():
-                    conn.reused = True
-                    conn._reset()
-                    host.active += 1
-                    return conn
+        if not host.waiters:
+            conn = host.take_idle()
+            if conn is not None:
+                host.active += 1
+                return conn
             if host.active < limit:
                 host.active += 1
-                try:
-                    return await self._connect(key)
-                except BaseException:
-                    host.active -= 1
-                    host.wake_one()
-                    raise
-            waiter = asyncio.get_running_loop().create_future()
-            host.waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    host.wake_one()  # we were handed a turn we will not take: pass it on
-                raise
+                return await self._open(host, key)
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        host.waiters.append(waiter)
+        try:
+            handed = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Our turn came as we were cancelled: pass it on, it is not ours to drop.
+                late = waiter.result()
+                host.active -= 1
+                if late is not None:
+                    self._return(host, late)
+                else:
+                    host.hand_over(None)
+            raise
+        return handed if handed is not None else await self._open(host, key)
 
     def _give_back(self, conn: _Connection) -> None:
         host = self._hosts.get(conn.key)
@@ -259,11 +288,17 @@ class UpstreamPool:
             conn.close()
             return
         host.active -= 1
-        if conn.reusable and len(host.idle) < _MAX_IDLE:
-            host.idle.append(conn)
-        else:
-            conn.close()
-        host.wake_one()
+        self._return(host, conn)
+
+    def _return(self, host: _Host, conn: _Connection) -> None:
+        if conn.reusable:
+            if host.hand_over(conn):
+                return
+            if len(host.idle) < _MAX_IDLE:
+                host.idle.append(conn)
+                return
+        conn.close()
+        host.hand_over(None)  # its slot is free: the next waiter opens a fresh connection
 
     async def request(
         self,

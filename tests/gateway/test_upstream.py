@@ -238,3 +238,41 @@ async def test_upstream_cancelled_waiter_passes_its_turn_on(pool: UpstreamPool) 
         response.release()
         with pytest.raises(asyncio.CancelledError):
             await quitter
+
+
+async def test_waiters_are_served_in_arrival_order_not_overtaken_by_newcomers() -> None:
+    """A freed connection goes to the longest waiter; a request arriving meanwhile queues."""
+    from gateway.upstream import UpstreamPool, _Connection, _Host
+
+    pool = UpstreamPool()
+    key = ("127.0.0.1", 9)
+    host = _Host()
+    pool._hosts[key] = host
+
+    class Alive:
+        def is_closing(self) -> bool:
+            return False
+
+        def abort(self) -> None:
+            pass
+
+    conn = _Connection(key)
+    conn.transport = Alive()  # type: ignore[assignment]
+    conn.complete = conn.keep_alive = True
+    host.active = 1  # the one connection allowed is out
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        got = await pool._checkout(key, limit=1)
+        order.append(name)
+        got.complete = got.keep_alive = True
+        pool._give_back(got)
+
+    first = asyncio.create_task(wait("first"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(wait("second"))
+    await asyncio.sleep(0)
+    pool._give_back(conn)  # frees the slot: "first" must get it
+    late = asyncio.create_task(wait("late"))  # arrives while both wait: goes behind them
+    await asyncio.gather(first, second, late)
+    assert order == ["first", "second", "late"]
