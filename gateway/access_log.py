@@ -62,22 +62,28 @@ class AccessLog:
                                       (b"date", http_date())]
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, send_with_id)
+            failed = False
         finally:
             elapsed = time.perf_counter() - started
+            if not status:
+                # No response began: a crash (the error middleware answers 500), or the client
+                # left first (nginx's 499, "client closed request").
+                status = 500 if failed else 499
             if self.metrics is not None:
                 route = scope.get("route")
                 # Route templates, not raw paths, keep the label set bounded.
                 path = getattr(route, "path", "other")
-                self.metrics.observe_request(path, status or 500, elapsed)
+                self.metrics.observe_request(path, status, elapsed)
             client = scope.get("client")
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',
                 client[0] if client else "-",
                 scope["method"],
                 scope["path"],
-                status or 500,
+                status,
                 elapsed * 1000,
                 request_id.decode(),
             )

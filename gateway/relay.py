@@ -52,11 +52,16 @@ def _stream_error_event(message: str) -> bytes:
     return b"data: " + orjson.dumps(error_payload(message, "server_error")) + b"\n\n"
 
 
-async def _abort_on_disconnect(receive: Receive, upstream: UpstreamResponse) -> None:
+async def _cancel_on_disconnect(receive: Receive, exchange: asyncio.Task[Any],
+                                left: list[bool]) -> None:
+    """Cancel ``exchange`` when the client goes: whether the relay is still waiting for the
+    response head (a non-streamed generation sends nothing until it ends) or streaming, the
+    cancellation closes the runner's connection, and llama-server stops generating."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            upstream.abort()
+            left.append(True)
+            exchange.cancel()
             return
 
 
@@ -132,6 +137,21 @@ class Relay:
             raise APIError(503, f"model '{self._model}' failed to load: {exc}") from exc
 
     async def _exchange(self, lease: Lease, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        left: list[bool] = []
+        watcher = asyncio.create_task(_cancel_on_disconnect(receive, task, left))
+        try:
+            await self._forward(lease, send)
+        except asyncio.CancelledError:
+            if not left:
+                raise  # shutdown, not the client
+            task.uncancel()
+            log.info("client left; cancelled its request on %s", lease.model)
+        finally:
+            watcher.cancel()
+
+    async def _forward(self, lease: Lease, send: Send) -> None:
         headers = [
             (b"Authorization", b"Bearer " + lease.api_key.encode()),
             (b"Content-Type", _JSON),
@@ -143,14 +163,15 @@ class Relay:
             )
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' is unavailable: {exc}") from exc
-        watcher = asyncio.create_task(_abort_on_disconnect(receive, upstream))
         try:
             if upstream.status >= 400 or not self._stream:
                 await self._send_whole(lease, upstream, send)
             else:
                 await self._send_stream(lease, upstream, send)
+        except asyncio.CancelledError:
+            upstream.abort()  # mid-body: the connection cannot be reused, and must close now
+            raise
         finally:
-            watcher.cancel()
             upstream.release()
 
     async def _send_whole(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
@@ -204,9 +225,6 @@ class Relay:
             if stats and self._metrics is not None:
                 self._metrics.observe_usage(lease.model, stats[stats.rfind(b"data: {"):])
         except UpstreamError as exc:
-            if upstream.aborted:
-                log.info("client left mid-stream; cancelled generation on %s", lease.model)
-                return
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = _stream_error_event(f"runner for '{lease.model}' failed mid-stream: {exc}")
         with contextlib.suppress(OSError):

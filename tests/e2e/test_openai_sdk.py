@@ -154,6 +154,29 @@ def test_client_leaving_mid_stream_stops_generation(client: openai.OpenAI,
     assert time.monotonic() - left < 1.0
 
 
+def test_client_leaving_a_non_streamed_request_stops_generation(client: openai.OpenAI,
+                                                                 served: Served) -> None:
+    """Without streaming, llama-server sends nothing until it is done: the client's leaving
+    must be noticed while the gateway still waits for the response head."""
+    client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
+    port, key = served.runner_address()
+
+    def busy() -> bool:
+        slots = httpx.get(f"http://127.0.0.1:{port}/slots",
+                          headers={"Authorization": f"Bearer {key}"}).json()
+        return any(slot["is_processing"] for slot in slots)
+
+    body = {"model": "gemma3:270m", "messages": HI, "max_tokens": 2000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served.url}/v1/chat/completions", json=body, timeout=1.5)
+    # llama-server checks a non-streamed request's connection when its result queue has been
+    # quiet for a second (HTTP_POLLING_SECONDS); polling /slots faster than that keeps the
+    # queue busy and the check from ever running, so look only every 1.2 s. Finishing the
+    # 2000 tokens would take about 45 s.
+    assert wait_until(lambda: not busy(), 4.0, step=1.2), "runner still generating 4 s after"
+    assert "\"POST /v1/chat/completions\" 499" in served.log_text()
+
+
 def test_the_messages_reach_the_model_through_its_chat_template(client: openai.OpenAI) -> None:
     short = client.chat.completions.create(model="gemma3:270m", max_tokens=1, messages=[
         {"role": "user", "content": "hi"}])
