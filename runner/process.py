@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 _STDERR_LINES = 40
 _HEALTH_POLL = 0.05
+_READY_POLL = 0.005
+_LISTENING = ("server is listening", "listening on http")
 _HEALTH_TIMEOUT = 2.0
 _PORT_ATTEMPTS = 3
 
@@ -180,6 +182,7 @@ class RunnerProcess:
         self._exited: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._hold: int | None = None  # shared lock on the model file while a child runs
+        self._listening: asyncio.Future[None] | None = None  # its output said it listens
 
     @property
     def state(self) -> RunnerState:
@@ -272,6 +275,7 @@ class RunnerProcess:
             raise RunnerStartError(f"cannot execute {argv[0]}: {exc}") from exc
         loop = asyncio.get_running_loop()
         self._exited = loop.create_future()
+        self._listening = loop.create_future()
         self._spawn_task(self._pump_output(self._proc))
         self._spawn_task(self._watch(self._proc, self._exited))
 
@@ -293,6 +297,11 @@ class RunnerProcess:
                 return
             line = raw.decode("utf-8", "replace").rstrip()
             self.output.append(line)
+            listening = self._listening
+            if listening is not None and not listening.done() and any(
+                marker in line for marker in _LISTENING
+            ):
+                listening.set_result(None)
             log.debug("[%s] %s", name, line)
 
     async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
@@ -334,7 +343,14 @@ class RunnerProcess:
                         f"llama-server for {self.spec.model} did not become healthy within "
                         f"{self._load_timeout:.0f}s{self._last_lines()}"
                     )
-                await asyncio.wait({self._exited}, timeout=min(_HEALTH_POLL, remaining))
+                # Polled every 50 ms, but at once and then every 5 ms from the moment the child
+                # says it is listening: that saves a cold start most of a poll interval.
+                hint = self._listening
+                waits: set[asyncio.Future[Any]] = {self._exited}
+                if hint is not None and not hint.done():
+                    waits.add(hint)
+                poll = _READY_POLL if hint is not None and hint.done() else _HEALTH_POLL
+                await asyncio.wait(waits, timeout=min(poll, remaining))
 
     def _fail(self) -> None:
         # Failure is reachable from any live state, so it bypasses the transition table.
