@@ -358,7 +358,9 @@ def run_all(quick: bool) -> Results:
 
         # 1, 3, 6: the proxy alone, in front of the stub.
         stub = start_stub(wrapper, work)
-        board = start_switchboard(work, {MODEL: {"source": str(dummy)}}, {
+        # The stub serves any number at once; 64 slots keep the gateway's per-runner connection
+        # cap (slots + 1, sized for llama-server's threads) out of what is measured.
+        board = start_switchboard(work, {MODEL: {"source": str(dummy), "parallel": 64}}, {
             "SWITCHBOARD_LLAMA_SERVER": str(wrapper), "SWITCHBOARD_LLM_LIBRARY": "system"})
         try:
             idle_rss = rss(board.pid)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _JSON = b"application/json"
 _SSE_ERROR_PREFIX = b'data: {"error"'
 _HOST = "127.0.0.1"
+WATCH_AFTER = 0.005  # seconds before an exchange starts watching for its client to leave
 
 
 def _model_rewriter(lease: Lease) -> tuple[bytes, bytes] | None:
@@ -140,7 +141,15 @@ class Relay:
         task = asyncio.current_task()
         assert task is not None
         left: list[bool] = []
-        watcher = asyncio.create_task(_cancel_on_disconnect(receive, task, left))
+        watchers: list[asyncio.Task[None]] = []
+
+        def watch() -> None:
+            watchers.append(asyncio.create_task(_cancel_on_disconnect(receive, task, left)))
+
+        # Most stub-fast exchanges end within a few milliseconds; a watcher task for each
+        # would be a fifth of the relay's CPU. Only exchanges still running after
+        # WATCH_AFTER get one: a client that leaves is noticed that much later, at worst.
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
         try:
             await self._forward(lease, send)
         except asyncio.CancelledError:
@@ -149,7 +158,9 @@ class Relay:
             task.uncancel()
             log.info("client left; cancelled its request on %s", lease.model)
         finally:
-            watcher.cancel()
+            timer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
 
     async def _forward(self, lease: Lease, send: Send) -> None:
         headers = [
