@@ -427,7 +427,7 @@ def run_all(quick: bool) -> Results:
             results.rows["streaming"] = []
             streams: dict[str, list[tuple[float, float, int]]] = {p.name: [] for p in peers}
             tokens = 64 if quick else 256
-            for _ in range(2 if quick else 3):
+            for _ in range(2 if quick else 5):
                 for peer in peers:
                     body = orjson.dumps({
                         "model": peer.model, "stream": True, "max_tokens": tokens,
@@ -438,16 +438,18 @@ def run_all(quick: bool) -> Results:
             rates = {name: statistics.median(e / s for _, s, e in runs)
                      for name, runs in streams.items()}
             for name, runs in streams.items():
+                each = [e / s for _, s, e in runs]
                 results.rows["streaming"].append([
                     name, ms(statistics.median(r[0] for r in runs)), f"{rates[name]:.1f}",
-                    f"{rates[name] / rates['direct']:.3f}"])
+                    f"{min(each):.1f} to {max(each):.1f}", f"{rates[name] / rates['direct']:.3f}"])
             ratio = rates["switchboard"] / rates["direct"]
             results.target(ratio >= 0.99, f"streaming tokens/s {ratio:.3f} x direct "
                                           "(target 0.99)")
             results.samples["cold_start"] = cold = cold_starts(router, board,
-                                                               1 if quick else 3)
+                                                               1 if quick else 5)
             cold_med = {k: statistics.median(v) for k, v in cold.items()}
-            results.rows["cold"] = [[k, ms(v)] for k, v in cold_med.items()]
+            results.rows["cold"] = [[k, ms(v), f"{min(cold[k]):.2f} to {max(cold[k]):.2f}"]
+                                    for k, v in cold_med.items()]
             results.target(cold_med["switchboard"] <= cold_med["router"],
                            f"cold start {cold_med['switchboard']:.2f} s vs router "
                            f"{cold_med['router']:.2f} s")
@@ -598,13 +600,13 @@ def write_markdown(results: Results, path: Path) -> None:
         table(["upstream", "peer", "requests", "p50", "p90", "p99", "added p50", "added p99"],
               results.rows.get("latency", [])), "",
         "## 2. Streaming (256 tokens, ignore_eos)", "",
-        table(["peer", "time to first token ms", "tokens/s", "x direct"],
+        table(["peer", "time to first token ms", "tokens/s", "range", "x direct"],
               results.rows.get("streaming", [])), "",
         "## 3. Throughput through the gateway (stub upstream, req/s)", "",
         table(["clients", "direct", "switchboard", "ratio"], results.rows.get("throughput", [])),
         "",
         "## 4. Cold start (first request for an unloaded model to its first token, ms)", "",
-        table(["peer", "median"], results.rows.get("cold", [])), "",
+        table(["peer", "median", "range (s)"], results.rows.get("cold", [])), "",
         "## 5. Swap (40 concurrent requests alternating two models, room for one)", "",
         table(["peer", "seconds", "runner loads"], results.rows.get("swap", [])), "",
         "## 6. Gateway memory", "",
