@@ -627,7 +627,7 @@ def write_chart(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     labels, p50s, p99s = [], [], []
     series = {"stub_latency_c1": "stub, 1 client", "stub_latency_c16": "stub, 16 clients",
               "model_latency_c1": "model, 1 client"}
@@ -639,7 +639,7 @@ def write_chart(results: Results, path: Path) -> None:
     xs = range(len(labels))
     left.bar([x - 0.2 for x in xs], p50s, 0.4, label="p50")
     left.bar([x + 0.2 for x in xs], p99s, 0.4, label="p99")
-    left.set_xticks(list(xs), labels, fontsize=7)
+    left.set_xticks(list(xs), labels, fontsize=7, rotation=30, ha="right")
     left.set_ylabel("ms per request")
     left.set_yscale("log")
     left.set_title("latency")
