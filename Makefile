@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint payloads model toolchain bench clean
+.PHONY: serve test test-reliability lint payloads model toolchain bench clean
 
 # Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
@@ -41,6 +41,10 @@ lint: $(INSTALLED)
 
 test: payloads model lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The reliability suite on its own (its fast part also runs in `make test`).
+test-reliability: payloads model
+	$(BIN)/pytest tests/reliability $(PYTEST_ARGS)
 
 # Peers side by side (about 5 minutes): writes docs/benchmarks.{md,json,png}.
 bench: payloads model

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -23,11 +24,31 @@ from starlette.routing import Route
 from gateway.errors import APIError
 from gateway.payload import parse_object, require_flag
 from gateway.responses import JSONBytes
+from runner.download import HostNotAllowedError
 from runner.names import InvalidNameError
 from runner.pull import Emit, Puller, PullError, PullEvent, is_url
 
 log = logging.getLogger(__name__)
 _DONE = object()
+
+
+def _check_host(puller: Puller, host: str, param: str) -> None:
+    """A client of the API may make this server fetch only from the default registry or a
+    host the operator allowed: anything else would let it probe the server's network (SSRF:
+    cloud metadata, internal services). The CLI, run by the operator, has no such limit."""
+    allowed = puller.store.default_host.lower()
+    if host.lower() == allowed:
+        return
+    try:
+        puller.options.check_host(f"http://{host}/")
+    except HostNotAllowedError:
+        pass
+    else:
+        if puller.options.allowed_hosts:
+            return
+    raise APIError(403, f"pulling from {host!r} is not allowed through the API: only the "
+                   f"registry {allowed!r} and pull_allowed_hosts are", param=param,
+                   code="host_not_allowed")
 
 
 def _job(puller: Puller, data: dict[str, object]) -> Callable[[Emit], Awaitable[object]]:
@@ -42,13 +63,15 @@ def _job(puller: Puller, data: dict[str, object]) -> Callable[[Emit], Awaitable[
             raise APIError(400, "'sha256' is required with 'url'", param="sha256")
         if model is not None and not isinstance(model, str):
             raise APIError(400, "'model' must be a string", param="model")
+        _check_host(puller, urlsplit(url).netloc, "url")
         return lambda emit: puller.pull_url(url, sha256, emit, model)
     if not isinstance(model, str) or not model:
         raise APIError(400, "'model' is required and must be a non-empty string", param="model")
     try:
-        puller.store.parse_name(model)
+        name = puller.store.parse_name(model)
     except InvalidNameError as exc:
         raise APIError(400, str(exc), param="model") from exc
+    _check_host(puller, name.host, "model")
     insecure = require_flag(data, "insecure")
     return lambda emit: puller.pull(model, emit, insecure=insecure)
 
