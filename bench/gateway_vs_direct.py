@@ -25,6 +25,7 @@ from runner.models import resolve_source
 from runner.settings import DEFAULT_MODEL, Settings
 from tests.conftest import FAKE_RUNNER
 from tests.e2e.server import Served, gemma_models, start_server
+from tests.fakes.gguf import write_empty_gguf
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 
@@ -67,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.fake:
             dummy = Path(tmp) / "dummy.gguf"
-            dummy.write_bytes(b"GGUF")
+            write_empty_gguf(dummy)
             env = {"SWITCHBOARD_LLAMA_SERVER": str(FAKE_RUNNER),
                    "SWITCHBOARD_LLM_LIBRARY": "system"}
             served = start_server(Path(tmp), {DEFAULT_MODEL: {"source": str(dummy)}}, env)

@@ -50,6 +50,7 @@ from runner.payloads import packaged_variants
 from runner.settings import DEFAULT_MODEL, Settings
 from runner.variants import order_variants, read_cpu_flags
 from tests.e2e.server import Served, free_port, start_server, wait_until
+from tests.fakes.gguf import write_empty_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -354,7 +355,7 @@ def run_all(quick: bool) -> Results:
             [str(binary), "--version"], capture_output=True, text=True).stderr.strip()[-60:]
         wrapper = stub_wrapper(work)
         dummy = work / "stub.gguf"
-        dummy.write_bytes(b"GGUF")
+        write_empty_gguf(dummy)
 
         # 1, 3, 6: the proxy alone, in front of the stub.
         stub = start_stub(wrapper, work)

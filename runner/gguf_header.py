@@ -40,6 +40,7 @@ class GGUFInfo:
     tensor_bytes: int
     tensor_count: int
     parameters: int = 0
+    data_end: int = 0  # where the last tensor's data ends: a shorter file is truncated
 
     @property
     def architecture(self) -> str:
@@ -121,16 +122,22 @@ def read_header(path: Path) -> GGUFInfo:
             for _ in range(kv_count):
                 key = cur.string()
                 metadata[key] = cur.value(GGUFValueType(cur.u32()))
-            total = parameters = 0
+            total = parameters = last_end = 0
             for _ in range(tensor_count):
                 cur.skip_string()
                 dims = [cur.u64() for _ in range(cur.u32())]
                 kind = cur.u32()
-                cur.u64()  # data offset
-                total += _tensor_bytes(dims, kind)
+                offset = cur.u64()  # relative to the aligned start of the data section
+                size = _tensor_bytes(dims, kind)
+                total += size
                 parameters += prod(dims)
+                last_end = max(last_end, offset + size)
+            alignment = metadata.get("general.alignment", 32)
+            align = int(alignment) if isinstance(alignment, int) and alignment > 0 else 32
+            data_start = -(-cur.pos // align) * align
         except (struct.error, ValueError, KeyError, IndexError) as exc:
             if isinstance(exc, GGUFError):
                 raise
             raise GGUFError(f"{path}: malformed GGUF header ({exc})") from exc
-    return GGUFInfo(metadata, total, tensor_count, parameters)
+    data_end = data_start + last_end if tensor_count else cur.pos
+    return GGUFInfo(metadata, total, tensor_count, parameters, data_end)

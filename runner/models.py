@@ -12,6 +12,7 @@ import importlib
 import logging
 from pathlib import Path
 
+from runner.gguf_header import GGUFError, read_header
 from runner.names import InvalidNameError
 from runner.store import ModelStore, StoreError
 
@@ -93,6 +94,23 @@ def resolve_template(name: str, base: Path | None = None) -> Path:
                            ".jinja file")
 
 
+def check_gguf(path: Path) -> None:
+    """Refuse a file llama-server would fail on, with a message that names it: not GGUF at
+    all, a header that does not parse, or shorter than its own tensor table says
+    (an interrupted copy)."""
+    try:
+        info = read_header(path)
+    except GGUFError as exc:
+        raise ModelSourceError(str(exc)) from exc
+    except OSError as exc:
+        raise ModelSourceError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    size = path.stat().st_size
+    if size < info.data_end:
+        raise ModelSourceError(
+            f"model file {path} is truncated: {size} bytes, its header describes {info.data_end}"
+        )
+
+
 class ModelPaths:
     """Resolves each packaged source once per process (concurrent callers share it); store
     names are looked up every time, since a pull or `rm` may change them."""
@@ -101,8 +119,19 @@ class ModelPaths:
         self._home = home
         self._store = store
         self._resolved: dict[str, asyncio.Future[Path]] = {}
+        self._checked: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) found sound
 
     async def path(self, source: str) -> Path:
+        """The GGUF for ``source``, checked (once per version of the file) to be whole."""
+        path = await self._resolve(source)
+        stat = path.stat()
+        version = (stat.st_size, stat.st_mtime_ns)
+        if self._checked.get(path) != version:
+            await asyncio.to_thread(check_gguf, path)  # a header read: 60 ms for Gemma 270M
+            self._checked[path] = version
+        return path
+
+    async def _resolve(self, source: str) -> Path:
         if is_store_source(source):
             return resolve_source(source, self._home, store=self._store)
         pending = self._resolved.get(source)

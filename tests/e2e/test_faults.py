@@ -11,6 +11,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.e2e.server import Served, start_server
+from tests.fakes.gguf import write_empty_gguf
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -19,7 +20,7 @@ HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("faults")
     dummy = root / "dummy.gguf"
-    dummy.write_bytes(b"GGUF")
+    write_empty_gguf(dummy)
     models = {
         "crashy": {"source": str(dummy), "args": ["--fake-mode", "crash-mid-stream"]},
         "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from gateway.openapi import REQUEST_BODIES, document
 from tests.e2e.server import Served, start_server
+from tests.fakes.gguf import write_empty_gguf
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -35,7 +36,7 @@ JSON = st.recursive(
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("fuzz")
     dummy = root / "dummy.gguf"
-    dummy.write_bytes(b"GGUF")
+    write_empty_gguf(dummy)
     server = start_server(root, {"fake": {"source": str(dummy),
                                           "aliases": ["f", "org/fake:latest"]}}, {
         "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",

@@ -66,3 +66,21 @@ def test_read_header_of_the_default_model_is_fast(gemma_path: Path) -> None:
     assert info.arch_int("block_count") == 18
     assert info.metadata["tokenizer.ggml.tokens"] == 262144
     assert 200 * 2**20 < info.tensor_bytes < 300 * 2**20
+
+
+def test_check_gguf_names_the_file_and_what_is_wrong(tmp_path: Path, gemma_path: Path) -> None:
+    from runner.models import ModelSourceError, check_gguf
+    from tests.fakes.gguf import write_empty_gguf
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"PK\x03\x04 a zip, not a model" * 10)
+    with pytest.raises(ModelSourceError, match=rf"{junk} is not a GGUF file"):
+        check_gguf(junk)
+    truncated = tmp_path / "half.gguf"
+    with gemma_path.open("rb") as whole:
+        truncated.write_bytes(whole.read(gemma_path.stat().st_size // 2))
+    with pytest.raises(ModelSourceError, match=rf"{truncated} is truncated: \d+ bytes, its "
+                                               r"header describes 253113024"):
+        check_gguf(truncated)
+    check_gguf(gemma_path)  # whole: no complaint
+    check_gguf(write_empty_gguf(tmp_path / "empty.gguf"))

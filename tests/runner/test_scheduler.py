@@ -22,6 +22,7 @@ from runner.scheduler import (
 )
 from runner.settings import ModelConfig, Settings
 from runner.variants import GpuInfo
+from tests.fakes.gguf import write_empty_gguf
 
 
 class FakeRunner:
@@ -119,7 +120,7 @@ def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = 
     models = {}
     for name in ("a", "b", "c"):
         gguf = tmp_path / f"{name}.gguf"
-        gguf.write_bytes(b"GGUF")
+        write_empty_gguf(gguf)
         models[name] = ModelConfig(source=str(gguf),
                                    backend=(backends or {}).get(name, "llama-cpp"))
     hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources", "installed")
@@ -589,7 +590,7 @@ async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: 
     from runner.scheduler import EmbeddingsOnlyError
 
     gguf = tmp_path / "e.gguf"
-    gguf.write_bytes(b"GGUF")
+    write_empty_gguf(gguf)
     settings = Settings(home=tmp_path, models={
         "embed": ModelConfig(source=str(gguf), embeddings=True)})
     factory = Factory()
