@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterat
     system = root / "system-backends"
     (system / "not-executable").mkdir(parents=True)
     (system / "not-executable" / "run.sh").write_text("#!/bin/sh\nexec true\n")  # mode 0644
-    models = {
+    models: dict[str, dict[str, Any]] = {
         "gemma3:270m": {"source": str(gemma_path), "ctx_size": 2048, "chat_template": "gemma"},
         "junk": {"source": str(junk)},
         "half": {"source": str(half)},
