@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> Starlette:
 
         scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded)
         metrics.scheduler = scheduler
-        upstream = UpstreamPool()
+        upstream = UpstreamPool(max_waiters=settings.max_queue)
         puller = Puller(settings, scheduler.catalog.store)
         app.state.settings = settings
         app.state.puller = puller

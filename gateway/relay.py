@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import APIError, error_payload, normalise_error
 from gateway.metrics import Metrics
 from gateway.payload import take_keep_alive
-from gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.upstream import UpstreamBusyError, UpstreamError, UpstreamPool, UpstreamResponse
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
 from runner.scheduler import (
@@ -174,6 +174,9 @@ class Relay:
             )
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' is unavailable: {exc}") from exc
+        except UpstreamBusyError as exc:
+            raise APIError(503, str(exc), code="queue_full",
+                           headers={"Retry-After": str(exc.retry_after)}) from exc
         try:
             if upstream.status >= 400 or not self._stream:
                 await self._send_whole(lease, upstream, send)

@@ -28,6 +28,14 @@ class UpstreamError(ConnectionError):
     """The runner's connection failed or closed before the response was complete."""
 
 
+class UpstreamBusyError(RuntimeError):
+    """Too many requests already wait for this runner's connections."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"server busy: {waiting} requests are already waiting for this model")
+        self.retry_after = 1
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, key: tuple[str, int]) -> None:
         self.key = key
@@ -234,9 +242,12 @@ class UpstreamPool:
     than the runner has threads for, and queueing the rest here, took 3.5-4.4 s in 5 of 5.
     """
 
-    def __init__(self, connect_timeout: float = 5.0) -> None:
+    def __init__(self, connect_timeout: float = 5.0, max_waiters: int | None = None) -> None:
         self._hosts: dict[tuple[str, int], _Host] = {}
         self._connect_timeout = connect_timeout
+        # Requests queued behind a busy runner count against SWITCHBOARD_MAX_QUEUE like those
+        # waiting for a load: beyond it, an immediate 503 beats a minute-long wait.
+        self._max_waiters = max_waiters
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -266,6 +277,8 @@ class UpstreamPool:
             if host.active < limit:
                 host.active += 1
                 return await self._open(host, key)
+        if self._max_waiters is not None and len(host.waiters) >= self._max_waiters:
+            raise UpstreamBusyError(len(host.waiters))
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         host.waiters.append(waiter)
         try:

@@ -276,3 +276,18 @@ async def test_waiters_are_served_in_arrival_order_not_overtaken_by_newcomers() 
     late = asyncio.create_task(wait("late"))  # arrives while both wait: goes behind them
     await asyncio.gather(first, second, late)
     assert order == ["first", "second", "late"]
+
+
+async def test_waiters_beyond_the_queue_bound_are_refused_at_once() -> None:
+    from gateway.upstream import UpstreamBusyError, UpstreamPool, _Host
+
+    pool = UpstreamPool(max_waiters=1)
+    key = ("127.0.0.1", 9)
+    pool._hosts[key] = _Host(active=1)  # the one connection allowed is out
+    first = asyncio.create_task(pool._checkout(key, limit=1))
+    await asyncio.sleep(0)
+    with pytest.raises(UpstreamBusyError, match="1 requests are already waiting"):
+        await pool._checkout(key, limit=1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
