@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +132,22 @@ def test_server_logs_a_line_per_request_and_runner_start(client: openai.OpenAI,
     assert "load=" in start_lines[0]
 
 
-def test_client_leaving_mid_stream_stops_generation(client: openai.OpenAI,
-                                                    served: Served) -> None:
-    client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
+def _runner_busy(served: Served) -> Callable[[], bool]:
+    """Whether the one runner's slot is generating, asked of the runner itself."""
     port, key = served.runner_address()
 
     def busy() -> bool:
         slots = httpx.get(f"http://127.0.0.1:{port}/slots",
                           headers={"Authorization": f"Bearer {key}"}).json()
         return any(slot["is_processing"] for slot in slots)
+
+    return busy
+
+
+def test_client_leaving_mid_stream_stops_generation(client: openai.OpenAI,
+                                                    served: Served) -> None:
+    client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
+    busy = _runner_busy(served)
 
     body = {"model": "gemma3:270m", "messages": HI, "max_tokens": 2000, "stream": True}
     with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body,
@@ -159,12 +166,7 @@ def test_client_leaving_a_non_streamed_request_stops_generation(client: openai.O
     """Without streaming, llama-server sends nothing until it is done: the client's leaving
     must be noticed while the gateway still waits for the response head."""
     client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=1)
-    port, key = served.runner_address()
-
-    def busy() -> bool:
-        slots = httpx.get(f"http://127.0.0.1:{port}/slots",
-                          headers={"Authorization": f"Bearer {key}"}).json()
-        return any(slot["is_processing"] for slot in slots)
+    busy = _runner_busy(served)
 
     body = {"model": "gemma3:270m", "messages": HI, "max_tokens": 2000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
