@@ -15,6 +15,7 @@ from gateway import admin, chat, completions, embeddings, health, models, openap
 from gateway.access_log import AccessLog
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
+from gateway.drain import Drain, DrainState
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.hotpath import HotPath
 from gateway.metrics import Metrics
@@ -81,13 +82,15 @@ def create_app(settings: Settings) -> Starlette:
             upstream.close()
             payloads.cleanup()
 
-    return Starlette(
+    drain = DrainState()
+    app = Starlette(
         routes=[
             *chat.routes, *completions.routes, *embeddings.routes, *models.routes,
             *admin.routes, *pull.routes, *health.routes, *metrics_routes, *openapi.routes,
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics),
+            Middleware(Drain, state=drain),
             # Before auth: a browser's preflight carries no credentials. Left out when no
             # origin is allowed: it would only cost every request a pass through it.
             *([Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
@@ -101,3 +104,5 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.drain = drain  # the CLI starts draining on SIGTERM
+    return app

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from gateway import backends_cli
+from gateway.drain import DrainState
 from gateway.store_cli import add_commands
 from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, load_settings
 
@@ -42,11 +43,30 @@ async def _serve(settings: Settings, listener: int) -> None:
     config.keep_alive_max_requests = 1 << 30  # a client's pooled connection is no burden
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.stop_timeout
+    app = create_app(settings)
+    drain: DrainState = app.state.drain
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        log = logging.getLogger(__name__)
+        log.info("draining: new requests get 503; %d in flight get up to %gs", drain.active,
+                 settings.shutdown_grace)
+        if not await drain.wait_idle(settings.shutdown_grace):
+            log.warning("shutdown grace over with %d requests in flight", drain.active)
+        stop.set()
+
+    def on_signal() -> None:
+        if drain.draining:  # a second signal: stop now
+            stop.set()
+            return
+        drain.start()
+        draining.append(asyncio.create_task(drain_then_stop()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(create_app(settings), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        loop.add_signal_handler(sig, on_signal)
+    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
 def _is_loopback(host: str) -> bool:

@@ -176,6 +176,9 @@ class Settings(BaseModel):
     )
     load_timeout: Duration = Field(300.0, description="longest wait for a runner to turn healthy")
     stop_timeout: Duration = Field(5.0, description="grace between SIGTERM and SIGKILL")
+    shutdown_grace: Duration = Field(
+        30.0, description="on SIGTERM, how long requests in flight may finish (new ones: 503)"
+    )
     health_interval: Duration = Field(
         10.0, description="seconds between runner /health checks; 2 misses kill it; 0 = off"
     )

@@ -78,3 +78,35 @@ def test_deleted_binary_is_restored_before_the_next_launch(tmp_path: Path,
     finally:
         served.stop()
 
+
+
+def test_sigterm_lets_streams_in_flight_finish_and_answers_new_requests_503(
+    tmp_path: Path, gemma_path: Path
+) -> None:
+    import threading
+
+    import httpx
+
+    served = start_server(tmp_path, gemma_models(gemma_path))
+    url = f"{served.url}/v1/chat/completions"
+    hi = [{"role": "user", "content": "hi"}]
+    httpx.post(url, json={"model": "gemma3:270m", "messages": hi, "max_tokens": 1}, timeout=60)
+    lines: list[str] = []
+    body = {"model": "gemma3:270m", "messages": hi, "max_tokens": 80, "stream": True,
+            "ignore_eos": True}
+
+    def stream() -> None:
+        with httpx.stream("POST", url, json=body, timeout=60) as response:
+            lines.extend(line for line in response.iter_lines() if line)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert wait_until(lambda: len(lines) >= 3, 30)
+    served.proc.send_signal(signal.SIGTERM)
+    late = httpx.post(url, json={"model": "gemma3:270m", "messages": hi}, timeout=10)
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    assert late.headers["retry-after"] == "1"
+    reader.join(60)
+    assert lines[-1] == "data: [DONE]" and len(lines) > 80  # the whole stream arrived
+    assert served.proc.wait(30) == 0
+    assert served.pid_dirs() == []
