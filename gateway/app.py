@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from importlib.metadata import version
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -32,6 +34,14 @@ from runner.variants import GpuInfo, explain, read_cpu_flags
 log = logging.getLogger(__name__)
 
 
+def _writable(home: Path) -> bool:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(home, os.W_OK)  # EROFS counts: a read-only mount fails even root
+
+
 def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> None:
     """What an operator needs at start: where, which runner and why, GPUs, models, auth."""
     where = f"http://{settings.host}:{settings.port}/v1"
@@ -46,6 +56,9 @@ def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> No
         log.info("GPUs: none found (no NVIDIA driver or device; the runner uses the CPU)")
     names = scheduler.catalog.names()
     log.info("models (%d): %s", len(names), ", ".join(names) or "none: switchboard pull NAME")
+    if not _writable(settings.home):
+        log.error("SWITCHBOARD_HOME %s is not writable: pulls, packaged models and backend "
+                  "installs will fail; models already on disk still serve", settings.home)
     keys = len(settings.api_keys)
     log.info("auth: %s", f"on ({keys} key{'s' if keys != 1 else ''})" if keys
              else "off (no SWITCHBOARD_API_KEYS)")
