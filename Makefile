@@ -40,7 +40,7 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 
 test: payloads model lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # The reliability suite on its own (its fast part also runs in `make test`).
 test-reliability: payloads model

@@ -17,6 +17,11 @@ from tests.fakes.registry import FakeRegistry
 FAKE_RUNNER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak-seconds", type=float, default=600.0,
+                     help="how long the reliability soak runs (default: 10 minutes)")
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     """The real default model, assembled by `make test` beforehand (verified here)."""
