@@ -15,7 +15,8 @@ import pytest
 
 from tests.e2e.server import children, gemma_models, start_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("real_variants")]
+# Its own deadline bounds it (--soak-seconds); the suite-wide 300 s timeout would cut it short.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.usefixtures("real_variants")]
 HI = [{"role": "user", "content": "hi"}]
 
 
