@@ -23,6 +23,12 @@ ROOT = Path(__file__).resolve().parent
 
 class BuildWithPayloads(build_py):
     def run(self) -> None:
+        if self.editable_mode:
+            # An editable install serves runner/payloads from the tree, which
+            # `switchboard build-runners` (the Makefile's next step) fills; compiling here, inside
+            # pip's isolated build environment, would hide six minutes behind one pip line.
+            super().run()
+            return
         sys.path.insert(0, str(ROOT))
         from runner.build import DEFAULT_VARIANTS, build_runners
         from runner.payloads import packaged_variants
