@@ -89,7 +89,7 @@ class Relay:
             body = orjson.dumps(data)
         state = request.app.state
         return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
-                   options, state.metrics)
+                   options, state.metrics, state.settings.stream_idle_timeout or None)
 
     def __init__(
         self,
@@ -102,6 +102,7 @@ class Relay:
         keep_alive: float | None = None,
         options: RunnerOptions | None = None,
         metrics: Metrics | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -112,6 +113,11 @@ class Relay:
         self._keep_alive = keep_alive
         self._options = options
         self._metrics = metrics
+        # Bounds silences inside a stream, not the wait for its head: llama-server sends the
+        # head with the first token, after a prompt that may take minutes on a CPU. A runner
+        # that stops altogether is caught sooner by the health checks; this catches one that
+        # still answers them but whose generation is stuck.
+        self._idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -222,7 +228,7 @@ class Relay:
         pending = b""
         stats = b""  # the last event with token counts: counted once, when the stream ends
         try:
-            async for chunk in upstream.chunks():
+            async for chunk in upstream.chunks(self._idle_timeout):
                 if b'"timings"' in chunk or b'"usage"' in chunk:
                     stats = chunk
                 if rewrite is not None:

@@ -28,6 +28,10 @@ class UpstreamError(ConnectionError):
     """The runner's connection failed or closed before the response was complete."""
 
 
+class UpstreamIdleError(UpstreamError):
+    """The runner sent no byte of a body it had started for longer than the idle timeout."""
+
+
 class UpstreamBusyError(RuntimeError):
     """Too many requests already wait for this runner's connections."""
 
@@ -128,8 +132,12 @@ class _Connection(asyncio.Protocol):
     async def wait_headers(self) -> None:
         await self._headers_done
 
-    async def next_chunk(self) -> bytes | None:
-        """The next body piece, or None at the end; raises UpstreamError on a broken stream."""
+    def _idle(self, seconds: float) -> None:
+        self._abort(UpstreamIdleError(f"runner sent nothing for {seconds:g} s"))
+
+    async def next_chunk(self, idle_timeout: float | None = None) -> bytes | None:
+        """The next body piece, or None at the end; raises UpstreamError on a broken stream,
+        and UpstreamIdleError (closing the connection) after ``idle_timeout`` s of silence."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -142,11 +150,19 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             if self.complete:
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            # Armed only when there is nothing to hand out yet: a token stream rarely waits
+            # long, and a timer per chunk already buffered would be work for nothing.
+            timer = None
+            if idle_timeout:
+                timer = loop.call_later(idle_timeout, self._idle, idle_timeout)
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -171,11 +187,12 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; ``idle_timeout`` bounds each silence (see next_chunk)."""
         conn = self._conn
         if conn is None:
             return
-        while (chunk := await conn.next_chunk()) is not None:
+        while (chunk := await conn.next_chunk(idle_timeout)) is not None:
             yield chunk
 
     async def read(self) -> bytes:

@@ -182,6 +182,10 @@ class Settings(BaseModel):
     health_interval: Duration = Field(
         10.0, description="seconds between runner /health checks; 2 misses kill it; 0 = off"
     )
+    stream_idle_timeout: Duration = Field(
+        120.0, description="longest silence from a runner mid-stream before the stream ends "
+        "with an error; 0 = none"
+    )
     llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")
     llama_server: OptionalUserPath = Field(
         None, description="system llama-server used without payloads"

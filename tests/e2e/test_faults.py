@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.server import Served, start_server
+from tests.e2e.server import Served, start_server, wait_until
 from tests.fakes.gguf import write_empty_gguf
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -25,8 +26,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Itera
         "crashy": {"source": str(dummy), "args": ["--fake-mode", "crash-mid-stream"]},
         "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},
         "erring": {"source": str(dummy), "args": ["--fake-mode", "error-line"]},
+        "stuck": {"source": str(dummy), "args": ["--fake-mode", "hang-mid-stream",
+                                                 "--fake-marker", str(root / "stuck-left")]},
     }
-    env = {"SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system"}
+    env = {"SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
+           "SWITCHBOARD_STREAM_IDLE_TIMEOUT": "1s"}
     server = start_server(root, models, env)
     yield server
     server.stop()
@@ -45,6 +49,21 @@ def test_runner_crash_mid_stream_ends_with_an_error_event_then_reloads(served: S
     assert reply.status_code == 200
     assert reply.json()["choices"][0]["message"]["content"] == "fake reply"
     assert served.log_text().count("runner start: model=crashy") == 2
+
+
+def test_runner_silent_mid_stream_is_cut_off_after_the_idle_timeout(served: Served) -> None:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
+    received: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(openai.APIError, match="sent nothing for 1 s"):
+        for chunk in client.chat.completions.create(model="stuck", messages=HI, stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+    waited = time.monotonic() - started
+    assert received == ["fake "]
+    assert 1.0 <= waited < 5.0
+    # The runner's connection was closed, which is what makes llama-server stop generating.
+    assert wait_until((served.tmpdir.parent / "stuck-left").exists, 5)
+    assert httpx.get(f"{served.url}/health", timeout=5).status_code == 200
 
 
 def test_runner_that_cannot_load_is_a_clear_503(served: Served) -> None:

@@ -7,6 +7,8 @@ Accepts llama-server's flags and one of its own, ``--fake-mode``:
   hang             /health answers 503 forever
   crash-mid-stream sends one chunk of a stream, then dies with SIGKILL
   error-line       sends one chunk, then an old-style 'error: {...}' line, then ends
+  hang-mid-stream  sends one chunk of a stream, then nothing, while /health still answers;
+                   touches the --fake-marker file once the client closes the connection
   bind-fail-once   the first launch fails like llama-server does when its port was taken
                    (remembered by a marker file given with --fake-marker), later ones serve
 """
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -90,6 +94,14 @@ def main() -> None:
                 if args.fake_mode == "error-line" and i == 0:
                     line = b'error: {"code": 500, "message": "boom", "type": "server_error"}\n\n'
                     self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+                    return
+                if args.fake_mode == "hang-mid-stream" and i == 0:
+                    # Silent until the client closes the connection, which the marker
+                    # file then records.
+                    while not select.select([self.connection], [], [], 0.05)[0]:
+                        pass
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"" and args.fake_marker:
+                        Path(args.fake_marker).touch()
                     return
                 if args.fake_mode == "crash-mid-stream" and i == 0:
                     time.sleep(0.05)

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.upstream import UpstreamError, UpstreamPool
+from gateway.upstream import UpstreamError, UpstreamIdleError, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -164,6 +164,34 @@ async def test_upstream_abort_closes_the_connection_promptly(pool: UpstreamPool)
         await asyncio.wait_for(closed.wait(), 2)
         response.release()
         assert response.aborted
+
+
+async def test_upstream_silence_mid_body_past_the_idle_timeout_closes_the_connection(
+    pool: UpstreamPool,
+) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (b"one", b"two"):  # 0.1 s apart: each gap is under the timeout
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        await reader.read()  # then silence, until the client gives up
+        closed.set()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        received: list[bytes] = []
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamIdleError, match=r"nothing for 0\.3 s"):
+            async for chunk in response.chunks(idle_timeout=0.3):
+                received.append(chunk)
+        assert received == [b"one", b"two"]
+        assert 0.3 <= asyncio.get_running_loop().time() - started < 1.0
+        await asyncio.wait_for(closed.wait(), 2)
+        response.release()
 
 
 async def test_upstream_never_opens_more_than_limit_connections(pool: UpstreamPool) -> None:
