@@ -8,10 +8,11 @@ from starlette.routing import Route
 from gateway.errors import APIError
 from gateway.payload import is_text_or_tokens, read_request
 from gateway.relay import Relay
+from runner.modes import RunnerMode
 from runner.scheduler import RunnerOptions
 
 PATH = b"/v1/embeddings"
-_EMBEDDINGS = RunnerOptions(embeddings=True)
+_EMBEDDINGS = RunnerOptions(mode=RunnerMode.EMBEDDINGS)
 
 
 async def embeddings(request: Request) -> Relay:

@@ -24,10 +24,10 @@ from gateway.upstream import UpstreamBusyError, UpstreamError, UpstreamPool, Ups
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
 from runner.scheduler import (
-    EmbeddingsOnlyError,
     Lease,
     ModelNotFoundError,
     ModelTooLargeError,
+    ModeNotServedError,
     NoRunnerError,
     QueueFullError,
     RunnerOptions,
@@ -130,7 +130,7 @@ class Relay:
         except QueueFullError as exc:
             raise APIError(503, str(exc), code="queue_full",
                            headers={"Retry-After": str(exc.retry_after)}) from exc
-        except EmbeddingsOnlyError as exc:
+        except ModeNotServedError as exc:
             raise APIError(400, str(exc), param="model", code="model_not_supported") from exc
         except ModelTooLargeError as exc:
             raise APIError(400, str(exc), param="model", code="insufficient_memory") from exc

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from runner.locks import hold_shared, release
+from runner.modes import RunnerMode
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class LaunchSpec:
     parallel: int
     gpu_layers: int | str = "auto"
     threads: int | None = None
-    embeddings: bool = False
+    mode: RunnerMode = RunnerMode.CHAT
     extra_args: tuple[str, ...] = ()
     pooling: str | None = None  # for embeddings when the GGUF names none
     chat_template: Path | None = None  # a Jinja file replacing the GGUF's own
@@ -108,10 +109,12 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
         argv += ["--n-gpu-layers", str(spec.gpu_layers)]
     if spec.threads is not None:
         argv += ["--threads", str(spec.threads)]
-    if spec.embeddings:
+    if spec.mode is RunnerMode.EMBEDDINGS:
         argv.append("--embeddings")
         if spec.pooling is not None and "--pooling" not in spec.extra_args:
             argv += ["--pooling", spec.pooling]
+    elif spec.mode is RunnerMode.RERANKING:
+        argv.append("--reranking")
     argv += spec.extra_args
     return argv
 

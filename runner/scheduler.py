@@ -19,9 +19,10 @@ Semantics of Ollama's ``server/sched.go`` in asyncio (decisions in :mod:`runner.
 - A runner that exits unexpectedly leaves the loaded set at once; the next request reloads it.
   One whose ``/health`` stops answering (checked every ``health_interval``) is killed and
   reloaded the same way.
-- Runners are keyed by model and mode (chat or embeddings: llama-server's ``--embeddings``
-  serves nothing else), so one GGUF can serve both. A request whose options shape its runner
-  differently (context, slots, GPU layers, arguments) drains the loaded one and reloads.
+- Runners are keyed by model and mode (chat, embeddings or reranking: llama-server started
+  with ``--embeddings`` or ``--reranking`` serves nothing else), so one GGUF can serve several.
+  A request whose options shape its runner differently (context, slots, GPU layers,
+  arguments) drains the loaded one and reloads.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from runner.catalog import Catalog, open_store
 from runner.gguf_header import GGUFError, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
 from runner.models import ModelPaths, resolve_template
+from runner.modes import ROUTE, RunnerMode
 from runner.payloads import Payloads
 from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
@@ -61,11 +63,22 @@ class ModelNotFoundError(LookupError):
     """No configured or stored model has that name or alias."""
 
 
-class EmbeddingsOnlyError(ValueError):
-    """A chat or completion request for a model configured as embeddings-only."""
+class ModeNotServedError(ValueError):
+    """A request for a mode the model's config does not serve (chat on an embeddings model,
+    rerank on a chat model)."""
 
-    def __init__(self, model: str) -> None:
-        super().__init__(f"model '{model}' is an embeddings model: use /v1/embeddings")
+    def __init__(self, model: str, mode: RunnerMode, served: frozenset[RunnerMode]) -> None:
+        if mode is RunnerMode.RERANKING:
+            text = (f"model '{model}' is not a reranking model: set 'reranking: true' in its "
+                    "config to serve /v1/rerank")
+        else:
+            only = next(iter(served))
+            text = f"model '{model}' is {_ARTICLE[only]} {only} model: use {ROUTE[only]}"
+        super().__init__(text)
+        self.mode = mode
+
+
+_ARTICLE = {RunnerMode.CHAT: "a", RunnerMode.EMBEDDINGS: "an", RunnerMode.RERANKING: "a"}
 
 
 class NoRunnerError(RuntimeError):
@@ -100,7 +113,7 @@ class QueueFullError(RuntimeError):
 class RunnerOptions:
     """Per-request choices that shape a runner; None keeps the model's configured value."""
 
-    embeddings: bool = False
+    mode: RunnerMode | None = RunnerMode.CHAT  # None: the model's primary mode
     ctx_size: int | None = None
     parallel: int | None = None
     gpu_layers: int | str | None = None
@@ -115,12 +128,12 @@ class Shape:
     parallel: int
     gpu_layers: int | str
     args: tuple[str, ...]
-    embeddings: bool
+    mode: RunnerMode
 
 
-def runner_key(model: str, embeddings: bool) -> str:
-    """The loaded-set key: chat and embedding runners of one model live side by side."""
-    return f"{model}+embeddings" if embeddings else model
+def runner_key(model: str, mode: RunnerMode) -> str:
+    """The loaded-set key: a model's runners of different modes live side by side."""
+    return model if mode is RunnerMode.CHAT else f"{model}+{mode}"
 
 
 @dataclass
@@ -140,7 +153,7 @@ class RunnerInfo:
     """A snapshot of one loaded runner, for ``/api/ps``."""
 
     model: str
-    mode: str  # "chat" or "embeddings"
+    mode: str  # a RunnerMode value
     pid: int | None
     variant: str
     ctx_size: int
@@ -152,6 +165,7 @@ class RunnerInfo:
     load_seconds: float
     estimated_bytes: int
     actual_bytes: int | None
+    vram_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -307,10 +321,10 @@ class Scheduler:
         if resolved is None:
             raise ModelNotFoundError(model)
         canonical, config = resolved
-        if config.embeddings and not (options and options.embeddings):
-            raise EmbeddingsOnlyError(model)
         shape = self._shape(config, options or RunnerOptions())
-        key = runner_key(canonical, shape.embeddings)
+        if shape.mode not in config.modes:
+            raise ModeNotServedError(model, shape.mode, config.modes)
+        key = runner_key(canonical, shape.mode)
         entry = self._loaded.get(key)
         if entry is not None and entry.usable and entry.shape == shape:
             self._attach(entry, keep_alive)
@@ -330,7 +344,7 @@ class Scheduler:
             parallel=options.parallel or config.parallel or self._settings.num_parallel,
             gpu_layers=config.gpu_layers if options.gpu_layers is None else options.gpu_layers,
             args=config.args if options.args is None else options.args,
-            embeddings=options.embeddings,
+            mode=options.mode or config.primary_mode,
         )
 
     async def _enqueue(self, pending: _Pending) -> _Loaded:
@@ -614,7 +628,7 @@ class Scheduler:
         model_path = await self._paths.path(pending.config.source)
         shape = pending.shape
         pooling = None
-        if shape.embeddings:
+        if shape.mode is RunnerMode.EMBEDDINGS:
             pooling = await asyncio.to_thread(_pooling_for, model_path)
         return LaunchSpec(
             model=pending.model,
@@ -623,7 +637,7 @@ class Scheduler:
             parallel=shape.parallel,
             gpu_layers=shape.gpu_layers,
             threads=self._settings.threads,
-            embeddings=shape.embeddings,
+            mode=shape.mode,
             extra_args=shape.args,
             pooling=pooling,
             chat_template=(
@@ -649,7 +663,7 @@ class Scheduler:
         return [
             RunnerInfo(
                 model=entry.runner.spec.model,
-                mode="embeddings" if entry.shape.embeddings else "chat",
+                mode=str(entry.shape.mode),
                 pid=entry.runner.pid,
                 variant=entry.runner.variant,
                 ctx_size=entry.runner.spec.ctx_size,
@@ -661,6 +675,7 @@ class Scheduler:
                 load_seconds=entry.runner.load_seconds,
                 estimated_bytes=entry.estimate,
                 actual_bytes=entry.measure(),
+                vram_bytes=entry.vram,
             )
             for entry in self._loaded.values()
         ]
@@ -670,7 +685,7 @@ class Scheduler:
         resolved = self.catalog.resolve(model)
         if resolved is None:
             raise ModelNotFoundError(model)
-        entries = [self._loaded.get(runner_key(resolved[0], mode)) for mode in (False, True)]
+        entries = [self._loaded.get(runner_key(resolved[0], mode)) for mode in RunnerMode]
         present = [entry for entry in entries if entry is not None]
         for entry in present:
             self._drain(entry, "on request")

@@ -21,7 +21,10 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
+
+from runner.modes import RunnerMode
 
 ENV_PREFIX = "SWITCHBOARD_"
 DEFAULT_CONFIG = Path("configs/switchboard.yaml")
@@ -125,6 +128,30 @@ class ModelConfig(BaseModel):
     embeddings: bool = Field(
         False, description="an embeddings model: /v1/embeddings only, chat gets a 400"
     )
+    reranking: bool = Field(
+        False, description="a reranking model: /v1/rerank only (llama-server --reranking)"
+    )
+
+    @model_validator(mode="after")
+    def _one_only_mode(self) -> ModelConfig:
+        if self.embeddings and self.reranking:
+            raise ValueError("a model is either 'embeddings' or 'reranking' only, not both")
+        return self
+
+    @property
+    def modes(self) -> frozenset[RunnerMode]:
+        """What runners this model may have: a general model chats and embeds; only a model
+        configured as a reranker reranks (any other would answer with meaningless scores)."""
+        if self.embeddings:
+            return frozenset({RunnerMode.EMBEDDINGS})
+        if self.reranking:
+            return frozenset({RunnerMode.RERANKING})
+        return frozenset({RunnerMode.CHAT, RunnerMode.EMBEDDINGS})
+
+    @property
+    def primary_mode(self) -> RunnerMode:
+        """The mode for routes any runner can answer (tokenize, detokenize)."""
+        return next(iter(self.modes)) if len(self.modes) == 1 else RunnerMode.CHAT
 
     @field_validator("chat_template")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState, build_argv
 from runner.variants import order_variants, read_cpu_flags
@@ -72,6 +73,19 @@ def test_build_argv_passes_a_template_file(tmp_path: Path) -> None:
                       chat_template=tmp_path / "t.jinja")
     argv = build_argv(tmp_path / "llama-server", spec, 1)
     assert argv[argv.index("--chat-template-file") + 1] == str(tmp_path / "t.jinja")
+
+
+@pytest.mark.parametrize(("mode", "flags"), [
+    (RunnerMode.CHAT, set()),
+    (RunnerMode.EMBEDDINGS, {"--embeddings", "--pooling"}),
+    (RunnerMode.RERANKING, {"--reranking"}),
+])
+def test_build_argv_starts_each_mode_with_its_flag(tmp_path: Path, mode: RunnerMode,
+                                                   flags: set[str]) -> None:
+    spec = LaunchSpec(model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1,
+                      mode=mode, pooling="mean")
+    argv = set(build_argv(tmp_path / "llama-server", spec, 1))
+    assert argv & {"--embeddings", "--pooling", "--reranking"} == flags
 
 
 async def test_runner_real_llama_server_requires_its_key(real_runner: RunnerProcess) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from runner.memory import GpuMemory
+from runner.modes import RunnerMode
 from runner.payloads import Payloads
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
 from runner.scheduler import (
@@ -412,12 +413,12 @@ async def test_scheduler_chat_and_embeddings_runners_coexist(tmp_path: Path) -> 
     factory = Factory()
     scheduler = _scheduler(tmp_path, factory)
     async with scheduler.acquire("a") as chat, \
-            scheduler.acquire("a", RunnerOptions(embeddings=True)) as embed:
+            scheduler.acquire("a", RunnerOptions(mode=RunnerMode.EMBEDDINGS)) as embed:
         assert chat.runner is not embed.runner
         assert chat.model == embed.model == "a"
     assert sorted(r.mode for r in scheduler.loaded()) == ["chat", "embeddings"]
-    assert [r.spec.embeddings for r in factory.made] == [False, True]
-    async with scheduler.acquire("a", RunnerOptions(embeddings=True)):
+    assert [r.spec.mode for r in factory.made] == [RunnerMode.CHAT, RunnerMode.EMBEDDINGS]
+    async with scheduler.acquire("a", RunnerOptions(mode=RunnerMode.EMBEDDINGS)):
         pass
     assert scheduler.loads == 2
     await scheduler.close()
@@ -587,7 +588,7 @@ async def test_a_models_backend_picks_what_is_launched(tmp_path: Path) -> None:
 
 
 async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: Path) -> None:
-    from runner.scheduler import EmbeddingsOnlyError
+    from runner.scheduler import ModeNotServedError
 
     gguf = tmp_path / "e.gguf"
     write_empty_gguf(gguf)
@@ -598,10 +599,42 @@ async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: 
                                              system_binary=tmp_path / "bin"),
                           cpu_flags=frozenset(), runner_factory=factory,
                           estimator=lambda *_: MiB, memory=lambda: (64 << 30, 64 << 30))
-    with pytest.raises(EmbeddingsOnlyError, match="/v1/embeddings"):
+    with pytest.raises(ModeNotServedError, match="/v1/embeddings"):
         async with scheduler.acquire("embed"):
             pass
-    async with scheduler.acquire("embed", RunnerOptions(embeddings=True)) as lease:
-        assert lease.runner.spec.embeddings
+    async with scheduler.acquire("embed", RunnerOptions(mode=RunnerMode.EMBEDDINGS)) as lease:
+        assert lease.runner.spec.mode is RunnerMode.EMBEDDINGS
     assert scheduler.loads == 1
+    await scheduler.close()
+
+
+async def test_a_reranking_model_serves_only_rerank_and_a_chat_model_never_does(
+    tmp_path: Path,
+) -> None:
+    from runner.scheduler import ModeNotServedError
+
+    gguf = tmp_path / "r.gguf"
+    write_empty_gguf(gguf)
+    settings = Settings(home=tmp_path, models={
+        "ranker": ModelConfig(source=str(gguf), reranking=True),
+        "chat": ModelConfig(source=str(gguf))})
+    factory = Factory()
+    scheduler = Scheduler(settings, Payloads(root=tmp_path / "p", sources={},
+                                             system_binary=tmp_path / "bin"),
+                          cpu_flags=frozenset(), runner_factory=factory,
+                          estimator=lambda *_: MiB, memory=lambda: (64 << 30, 64 << 30))
+    reranking = RunnerOptions(mode=RunnerMode.RERANKING)
+    with pytest.raises(ModeNotServedError, match="/v1/rerank"):
+        async with scheduler.acquire("ranker"):
+            pass
+    with pytest.raises(ModeNotServedError, match="reranking: true"):
+        async with scheduler.acquire("chat", reranking):
+            pass
+    async with scheduler.acquire("ranker", reranking) as lease:
+        assert lease.runner.spec.mode is RunnerMode.RERANKING
+    # Routes any runner can answer (tokenize) go to the model's only mode.
+    async with scheduler.acquire("ranker", RunnerOptions(mode=None)) as lease:
+        assert lease.runner.spec.mode is RunnerMode.RERANKING
+    assert scheduler.loads == 1
+    assert [info.mode for info in scheduler.loaded()] == ["reranking"]
     await scheduler.close()
