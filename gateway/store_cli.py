@@ -23,7 +23,7 @@ from runner.models import (
 )
 from runner.names import InvalidNameError
 from runner.settings import Settings, load_settings
-from runner.store import LICENSE_MEDIA, PARAMS_MEDIA, TEMPLATE_MEDIA, StoreError, age
+from runner.store import StoreError, age
 from runner.units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -171,46 +171,38 @@ def cmd_show(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     name, config = resolved
-    from runner.gguf_header import GGUFError, read_header
+    from runner.model_info import ModelDescriber
 
     try:
-        path = resolve_source(config.source, settings.home, store=store)
-        info = read_header(path)
-    except (ModelSourceError, GGUFError, OSError) as exc:
+        resolve_source(config.source, settings.home, store=store)  # assembles a packaged one
+    except ModelSourceError as exc:
         print(f"show: {exc}", file=sys.stderr)
         return 1
-    import gguf
-
-    file_type = info.metadata.get("general.file_type")
-    try:
-        quantization = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_") \
-            if file_type is not None else "unknown"
-    except ValueError:
-        quantization = f"type {file_type}"
-    template = "tokenizer.chat_template" in info.metadata
+    facts = ModelDescriber(settings.home, store).describe(name, config)
+    if facts.problem is not None or facts.path is None:
+        print(f"show: {facts.problem or 'no model file'}", file=sys.stderr)
+        return 1
+    template = {
+        "gguf": "in the GGUF",
+        "configured": f"configured: {config.chat_template}",
+        "none": "none in the GGUF (llama-server falls back to ChatML)",
+    }[facts.template_source]
     rows = [
         ("name", name),
         ("source", config.source),
-        ("file", str(path)),
-        ("architecture", info.architecture or "unknown"),
-        ("parameters", format_count(info.parameters)),
-        ("quantization", quantization),
-        ("context length", str(info.arch_int("context_length")) or "unknown"),
-        ("embedding length", str(info.arch_int("embedding_length"))),
-        ("chat template", "in the GGUF" if template else (
-            f"none in the GGUF; configured: {config.chat_template}" if config.chat_template
-            else "none in the GGUF (llama-server falls back to ChatML)")),
-        ("size", format_size(path.stat().st_size)),
+        ("file", str(facts.path)),
+        ("architecture", facts.architecture or "unknown"),
+        ("parameters", format_count(facts.parameters)),
+        ("quantization", facts.quantization),
+        ("context length", str(facts.context_length or "unknown")),
+        ("embedding length", str(facts.embedding_length)),
+        ("chat template", template),
+        ("size", format_size(facts.size)),
     ]
-    stored = store.find(config.source) if is_store_source(config.source) else None
-    if stored is not None:
-        for layer in stored.manifest.layers:
-            label = {PARAMS_MEDIA: "params", TEMPLATE_MEDIA: "template (Ollama)",
-                     LICENSE_MEDIA: "license"}.get(layer.media_type)
-            text = store.read_blob_text(layer.digest) if label else None
-            if label and text is not None:
-                first = text.strip().splitlines()[0] if text.strip() else ""
-                rows.append((label, first[:100]))
+    labels = {"params": "params", "template": "template (Ollama)", "license": "license"}
+    for label, text in facts.layers.items():
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        rows.append((labels[label], first[:100]))
     for key, value in rows:
         print(f"  {key:18} {value}")
     return 0
