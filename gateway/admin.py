@@ -1,7 +1,13 @@
-"""Operator endpoints: GET /api/ps (loaded runners), POST /api/unload {"model": ...}."""
+"""Operator endpoints: GET /api/ps (loaded runners), POST /api/unload {"model": ...}.
+
+``/api/ps`` answers in Ollama's shape (name, size, size_vram, details, expires_at,
+context_length) plus what switchboard adds: mode, pid, variant, slots, in-flight requests, and
+memory estimated against measured.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from starlette.requests import Request
@@ -9,8 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import APIError
+from gateway.ollama.models import details
 from gateway.payload import parse_object, require_model
 from gateway.responses import JSONBytes
+from runner.catalog import Catalog
+from runner.model_info import ModelDescriber, ModelFacts
 from runner.scheduler import ModelNotFoundError, RunnerInfo
 
 
@@ -20,9 +29,15 @@ def _iso(epoch: float | None) -> str | None:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
 
-def _describe(info: RunnerInfo) -> dict[str, object]:
+def _describe(info: RunnerInfo, facts: ModelFacts | None) -> dict[str, object]:
     return {
+        "name": info.model,
         "model": info.model,
+        "size": info.actual_bytes or info.estimated_bytes,
+        "size_vram": info.vram_bytes,
+        "digest": facts.digest if facts else "",
+        "details": details(facts) if facts else {},
+        "context_length": info.ctx_size,
         "mode": info.mode,
         "pid": info.pid,
         "variant": info.variant,
@@ -37,9 +52,18 @@ def _describe(info: RunnerInfo) -> dict[str, object]:
     }
 
 
+def _facts(catalog: Catalog, describer: ModelDescriber, model: str) -> ModelFacts | None:
+    resolved = catalog.resolve(model)
+    return describer.describe(model, resolved[1]) if resolved is not None else None
+
+
 async def ps(request: Request) -> Response:
-    runners = request.app.state.scheduler.loaded()
-    return JSONBytes({"models": [_describe(info) for info in runners]})
+    scheduler = request.app.state.scheduler
+    runners = scheduler.loaded()
+    facts = {info.model: await asyncio.to_thread(_facts, scheduler.catalog,
+                                                 request.app.state.describer, info.model)
+             for info in runners}
+    return JSONBytes({"models": [_describe(info, facts[info.model]) for info in runners]})
 
 
 async def unload(request: Request) -> Response:

@@ -13,7 +13,21 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from gateway import admin, chat, completions, embeddings, health, models, openapi, pull
+from gateway import (
+    admin,
+    anthropic,
+    chat,
+    completions,
+    embeddings,
+    health,
+    llama,
+    models,
+    ollama,
+    openai_responses,
+    openapi,
+    pull,
+    rerank,
+)
 from gateway.access_log import AccessLog
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
@@ -24,6 +38,7 @@ from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
 from runner.memory import gpu_library, gpus
+from runner.model_info import ModelDescriber
 from runner.payloads import extract, find_system_binary
 from runner.pull import Puller
 from runner.scheduler import Scheduler
@@ -85,6 +100,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.puller = puller
         app.state.metrics = metrics
         app.state.scheduler = scheduler
+        app.state.describer = ModelDescriber(settings.home, scheduler.catalog.store)
         app.state.upstream = upstream
         _banner(settings, scheduler, gpu)
         try:
@@ -96,10 +112,12 @@ def create_app(settings: Settings) -> Starlette:
             payloads.cleanup()
 
     drain = DrainState()
+    relayed = [*chat.routes, *completions.routes, *embeddings.routes, *openai_responses.routes,
+               *anthropic.routes, *rerank.routes, *llama.routes, *ollama.relayed]
     app = Starlette(
         routes=[
-            *chat.routes, *completions.routes, *embeddings.routes, *models.routes,
-            *admin.routes, *pull.routes, *health.routes, *metrics_routes, *openapi.routes,
+            *relayed, *models.routes, *ollama.models.routes, *admin.routes, *pull.routes,
+            *health.routes, *metrics_routes, *openapi.routes,
         ],
         middleware=[
             Middleware(AccessLog, metrics=metrics),
@@ -107,12 +125,13 @@ def create_app(settings: Settings) -> Starlette:
             # Before auth: a browser's preflight carries no credentials. Left out when no
             # origin is allowed: it would only cost every request a pass through it.
             *([Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                          allow_methods=["GET", "POST", "OPTIONS"],
-                          allow_headers=["authorization", "content-type", "x-request-id"],
+                          allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                          allow_headers=["authorization", "content-type", "x-request-id",
+                                         "x-api-key", "anthropic-version"],
                           expose_headers=["x-request-id"])] if settings.cors_origins else []),
             Middleware(APIKeyAuth, keys=settings.api_keys),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
-            Middleware(HotPath, routes=[*chat.routes, *completions.routes, *embeddings.routes]),
+            Middleware(HotPath, routes=relayed),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -1,4 +1,5 @@
-"""API keys: when configured, every /v1 and /api route needs ``Authorization: Bearer <key>``.
+"""API keys: when configured, every API route needs ``Authorization: Bearer <key>`` or
+``x-api-key: <key>`` (what the Anthropic SDK sends).
 
 Plain ASGI, so a refused request never reaches routing or a runner; ``/health`` stays open for
 load balancers and probes.
@@ -10,9 +11,10 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import APIError
+from gateway.errors import APIError, dialect_of
 
-_PROTECTED = ("/v1/", "/api/")
+# llama.cpp's own routes (tokenize, rerank …) are served at the root as it serves them.
+_PROTECTED = ("/v1/", "/api/", "/tokenize", "/detokenize", "/apply-template", "/rerank")
 
 
 class APIKeyAuth:
@@ -24,12 +26,15 @@ class APIKeyAuth:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return False
-                token = token.strip()
-                # compare_digest against every key: the time taken says nothing about which.
-                return any([hmac.compare_digest(token, key) for key in self.keys])
+                if scheme.lower() == b"bearer" and self._known(token.strip()):
+                    return True
+            elif name == b"x-api-key" and self._known(value.strip()):
+                return True
         return False
+
+    def _known(self, token: bytes) -> bool:
+        # compare_digest against every key: the time taken says nothing about which.
+        return any([hmac.compare_digest(token, key) for key in self.keys])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -40,6 +45,7 @@ class APIKeyAuth:
         ):
             await self.app(scope, receive, send)
             return
-        error = APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+        error = APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>' "
+                         "or 'x-api-key: <key>'",
                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        await error.response()(scope, receive, send)
+        await error.response(dialect_of(scope["path"]))(scope, receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import APIError
+from gateway.errors import APIError, dialect_of
 
 
 def _too_large(limit: int) -> APIError:
@@ -23,7 +23,7 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _too_large(limit).response()(scope, receive, send)
+                await _too_large(limit).response(dialect_of(scope["path"]))(scope, receive, send)
                 return
         seen = 0
 

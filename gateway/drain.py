@@ -13,7 +13,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import APIError
+from gateway.errors import APIError, dialect_of
 
 
 class DrainState:
@@ -60,7 +60,7 @@ class Drain:
             error = APIError(503, "switchboard is shutting down; retry another instance",
                              code="shutting_down",
                              headers={"Retry-After": "1", "Connection": "close"})
-            await error.response()(scope, receive, send)
+            await error.response(dialect_of(scope["path"]))(scope, receive, send)
             return
         self.state.enter()
         try:

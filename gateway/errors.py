@@ -1,12 +1,19 @@
-"""The one error body switchboard speaks, OpenAI's: ``{"error": {message, type, param, code}}``.
+"""The error bodies switchboard speaks: OpenAI's, and Anthropic's and Ollama's on their routes.
 
-Everything the gateway says itself goes through :class:`APIError`; errors relayed from a
-runner are normalised by :func:`normalise_error` (llama-server puts the HTTP status, an
-integer, in ``code``, where OpenAI clients expect a string or null).
+Everything the gateway says itself goes through :class:`APIError`, rendered in the
+:class:`Dialect` of the path it answers; errors relayed from a runner are normalised by
+:func:`normalise_error` (llama-server puts the HTTP status, an integer, in ``code``, where
+OpenAI clients expect a string or null).
+
+- OpenAI (``/v1/*``, ``/tokenize`` …): ``{"error": {message, type, param, code}}``
+- Anthropic (``/v1/messages*``): ``{"type": "error", "error": {type, message}}``
+- Ollama (``/api/*``): ``{"error": message}`` (and ``code`` where one applies), which its
+  client reads as the message
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any
 
@@ -32,10 +39,63 @@ _TYPE_BY_STATUS = {
 }
 
 
+_ANTHROPIC_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+class Dialect(enum.Enum):
+    """The API family a route belongs to; each has its own error body."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OLLAMA = "ollama"
+
+
+def dialect_of(path: str) -> Dialect:
+    if path.startswith("/v1/messages"):
+        return Dialect.ANTHROPIC
+    if path.startswith("/api/"):
+        return Dialect.OLLAMA
+    return Dialect.OPENAI
+
+
 def error_payload(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def render_error(
+    dialect: Dialect,
+    status: int,
+    message: str,
+    type_: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    """One error body in ``dialect``; ``type_`` defaults from the status."""
+    if dialect is Dialect.OLLAMA:
+        # Ollama's clients read "error"; a code, where we have one, rides beside it.
+        return orjson.dumps({"error": message, "code": code} if code else {"error": message})
+    if dialect is Dialect.ANTHROPIC:
+        kind = _ANTHROPIC_TYPE_BY_STATUS.get(status, "api_error")
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+    return orjson.dumps(error_payload(message, type_ or _TYPE_BY_STATUS.get(status, "server_error"),
+                                      param, code))
+
+
+def stream_error_event(dialect: Dialect, message: str) -> bytes:
+    """The SSE event that ends a stream which failed after its head was sent."""
+    if dialect is Dialect.ANTHROPIC:
+        return b"event: error\ndata: " + render_error(dialect, 500, message) + b"\n\n"
+    return b"data: " + render_error(Dialect.OPENAI, 500, message, "server_error") + b"\n\n"
 
 
 class APIError(Exception):
@@ -58,56 +118,63 @@ class APIError(Exception):
         self.code = code
         self.headers = headers
 
-    def body(self) -> bytes:
-        return orjson.dumps(error_payload(self.message, self.type, self.param, self.code))
+    def body(self, dialect: Dialect = Dialect.OPENAI) -> bytes:
+        return render_error(dialect, self.status, self.message, self.type, self.param, self.code)
 
-    def response(self) -> Response:
+    def response(self, dialect: Dialect = Dialect.OPENAI) -> Response:
         headers = dict(self.headers or {})
         if self.status < 500 and self.status not in _RETRYABLE:
             # The OpenAI SDK retries 408/409/429/5xx unless told otherwise; these would fail
             # the same way again.
             headers.setdefault("x-should-retry", "false")
-        return Response(self.body(), self.status, headers, media_type="application/json")
+        return Response(self.body(dialect), self.status, headers, media_type="application/json")
 
 
-def normalise_error(raw: bytes, status: int) -> bytes:
-    """A runner's error body in OpenAI's shape, whatever the runner sent."""
+def runner_error(raw: bytes, status: int) -> APIError:
+    """What a runner's error body says, whatever shape it came in."""
     try:
         data = orjson.loads(raw)
         error = data.get("error") if isinstance(data, dict) else None
     except orjson.JSONDecodeError:
         error = None
+    if isinstance(error, str):  # Ollama-like runners
+        return APIError(status, error)
     if not isinstance(error, dict):
         text = raw.decode("utf-8", "replace").strip() or f"runner answered HTTP {status}"
-        return orjson.dumps(error_payload(text, _TYPE_BY_STATUS.get(status, "server_error")))
-    code = error.get("code")
-    return orjson.dumps(
-        error_payload(
-            str(error.get("message", "")),
-            str(error.get("type") or _TYPE_BY_STATUS.get(status, "server_error")),
-            error.get("param") if isinstance(error.get("param"), str) else None,
-            code if isinstance(code, str) else None,
-        )
+        return APIError(status, text)
+    code, param, type_ = error.get("code"), error.get("param"), error.get("type")
+    return APIError(
+        status,
+        str(error.get("message", "")),
+        type_ if isinstance(type_, str) and type_ else None,
+        param if isinstance(param, str) else None,
+        code if isinstance(code, str) else None,
     )
+
+
+def normalise_error(raw: bytes, status: int, dialect: Dialect = Dialect.OPENAI) -> bytes:
+    """A runner's error body in ``dialect``'s shape, whatever the runner sent."""
+    return runner_error(raw, status).body(dialect)
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return exc.response()
+    return exc.response(dialect_of(request.url.path))
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail if exc.status_code != 404 else f"no route for {request.url.path}"
     headers = dict(exc.headers) if exc.headers else None
-    return APIError(exc.status_code, message, headers=headers).response()
+    return APIError(exc.status_code, message, headers=headers).response(
+        dialect_of(request.url.path))
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     # The traceback goes to our log, never to the client.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return APIError(500, "internal error in switchboard; see the server log",
-                    "server_error").response()
+                    "server_error").response(dialect_of(request.url.path))
 
 
 EXCEPTION_HANDLERS = {

@@ -1,4 +1,4 @@
-"""The relayed routes (chat, completions, embeddings) dispatched without Starlette's router.
+"""The relayed routes (chat, completions, embeddings, …) dispatched without Starlette's router.
 
 Plain ASGI, innermost of the middleware: auth, body limit and access log have already run, as
 for every route. For ``POST`` to one of these paths it calls the endpoint directly and answers
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import APIError
+from gateway.errors import APIError, dialect_of
 
 
 class HotPath:
@@ -34,4 +34,4 @@ class HotPath:
         except APIError as exc:
             # Raised before any response byte (a relay reports mid-stream failures in the
             # stream), so the error can still be the whole answer.
-            await exc.response()(scope, receive, send)
+            await exc.response(dialect_of(scope["path"]))(scope, receive, send)

@@ -101,7 +101,9 @@ class Metrics:
             return
         usage = data.get("usage")
         if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            # OpenAI's names, else the Responses and Anthropic APIs' ones.
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+            completion = usage.get("completion_tokens", usage.get("output_tokens"))
         elif isinstance(timings := data.get("timings"), dict):
             prompt, completion = timings.get("prompt_n"), timings.get("predicted_n")
         else:

@@ -82,24 +82,163 @@ PULL: dict[str, Any] = {
     },
 }
 
+_MESSAGES = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role"],
+    "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]},
+                   "content": _CONTENT}}}
+RESPONSES: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"type": ["string", "array"]},
+        "instructions": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "keep_alive": _KEEP_ALIVE,
+    },
+}
+MESSAGES: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages", "max_tokens"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": _MESSAGES,
+        "system": {"type": ["string", "array"]},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        "keep_alive": _KEEP_ALIVE,
+    },
+}
+COUNT_TOKENS: dict[str, Any] = {
+    "type": "object", "required": ["model", "messages"],
+    "properties": {"model": {"type": "string"}, "messages": _MESSAGES},
+}
+RERANK: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "query", "documents"],
+    "properties": {
+        "model": {"type": "string"},
+        "query": {"type": "string"},
+        "documents": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "top_n": {"type": "integer", "minimum": 1},
+        "return_documents": {"type": "boolean"},
+        "keep_alive": _KEEP_ALIVE,
+    },
+}
+TOKENIZE: dict[str, Any] = {
+    "type": "object", "required": ["model", "content"],
+    "properties": {"model": {"type": "string"}, "content": {"type": "string"},
+                   "add_special": {"type": "boolean"}},
+}
+DETOKENIZE: dict[str, Any] = {
+    "type": "object", "required": ["model", "tokens"],
+    "properties": {"model": {"type": "string"},
+                   "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0,
+                                                         "maximum": 100000}}},
+}
+APPLY_TEMPLATE: dict[str, Any] = {
+    "type": "object", "required": ["model", "messages"],
+    "properties": {"model": {"type": "string"}, "messages": _MESSAGES},
+}
+_OLLAMA_OPTIONS = {"type": "object", "properties": {
+    "num_ctx": {"type": "integer", "minimum": 1, "maximum": 4096},
+    "num_predict": {"type": "integer", "minimum": -2, "maximum": 16},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_k": {"type": "integer", "minimum": 0},
+    "seed": {"type": "integer"},
+    "stop": {"type": "array", "items": {"type": "string"}},
+}}
+OLLAMA_CHAT: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": {"type": "array", "items": {
+            "type": "object", "required": ["role"],
+            "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]},
+                           "content": {"type": "string"}}}},
+        "stream": {"type": "boolean", "description": "NDJSON lines (default true)"},
+        "format": {"type": ["string", "object"]},
+        "options": _OLLAMA_OPTIONS,
+        "keep_alive": _KEEP_ALIVE,
+        "tools": {"type": "array"},
+    },
+}
+OLLAMA_GENERATE: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string"},
+        "prompt": {"type": "string", "description": "empty: load the model (unload with "
+                                                    "keep_alive 0)"},
+        "system": {"type": "string"},
+        "raw": {"type": "boolean"},
+        "stream": {"type": "boolean", "description": "NDJSON lines (default true)"},
+        "format": {"type": ["string", "object"]},
+        "options": _OLLAMA_OPTIONS,
+        "keep_alive": _KEEP_ALIVE,
+    },
+}
+OLLAMA_EMBED: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"type": ["string", "array"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "options": _OLLAMA_OPTIONS,
+        "keep_alive": _KEEP_ALIVE,
+    },
+}
+OLLAMA_EMBEDDINGS: dict[str, Any] = {
+    "type": "object", "required": ["model", "prompt"],
+    "properties": {"model": {"type": "string"}, "prompt": {"type": "string"},
+                   "keep_alive": _KEEP_ALIVE},
+}
+MODEL_ONLY: dict[str, Any] = {"type": "object", "required": ["model"],
+                              "properties": {"model": {"type": "string"}}}
+
 # Fuzzed by the tests; /api/pull is left out of that (it would reach for the network).
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETION,
     "/v1/embeddings": EMBEDDING,
+    "/v1/responses": RESPONSES,
+    "/v1/responses/input_tokens": RESPONSES,
+    "/v1/messages": MESSAGES,
+    "/v1/messages/count_tokens": COUNT_TOKENS,
+    "/v1/rerank": RERANK,
+    "/rerank": RERANK,
+    "/tokenize": TOKENIZE,
+    "/detokenize": DETOKENIZE,
+    "/apply-template": APPLY_TEMPLATE,
+    "/api/chat": OLLAMA_CHAT,
+    "/api/generate": OLLAMA_GENERATE,
+    "/api/embed": OLLAMA_EMBED,
+    "/api/embeddings": OLLAMA_EMBEDDINGS,
+    "/api/show": MODEL_ONLY,
     "/api/unload": UNLOAD,
 }
+DELETE_BODIES: dict[str, dict[str, Any]] = {"/api/delete": MODEL_ONLY}
 _GETS = {
     "/v1/models": "the models clients may name",
     "/v1/models/{model}": "one model, by name or alias",
     "/api/ps": "loaded runners",
+    "/api/tags": "the models clients may name, in Ollama's shape",
+    "/api/version": "switchboard's version",
     "/health": "the gateway is up",
     "/metrics": "Prometheus metrics (text)",
+    "/openapi.json": "this document",
 }
 
 
 def _responses(ok: str) -> dict[str, Any]:
-    error = {"description": "an OpenAI-shaped error",
+    error = {"description": "an error in the shape of the route's API family: OpenAI's, "
+                            "Anthropic's on /v1/messages, Ollama's on /api",
              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {"200": {"description": ok}, "default": error}
 
@@ -111,6 +250,12 @@ def document() -> dict[str, Any]:
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": schema}}},
             "responses": _responses("JSON, or an SSE stream when stream is true"),
+        }}
+    for path, schema in DELETE_BODIES.items():
+        paths[path] = {"delete": {
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}},
+            "responses": _responses("deleted"),
         }}
     paths["/api/pull"] = {"post": {
         "requestBody": {"required": True, "content": {"application/json": {"schema": PULL}}},
@@ -128,7 +273,9 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header",
+                                           "name": "x-api-key"}},
         },
     }
 

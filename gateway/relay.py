@@ -2,8 +2,10 @@
 
 The body goes upstream untouched unless a field had to be removed, and the response comes back
 untouched unless the client named the model by an alias (then ``model`` is rewritten to the name
-it sent) or the runner sent an error (then it is put in OpenAI's shape). A client that goes
-away drops the upstream connection at once, which stops llama-server's generation for it.
+it sent) or the runner sent an error (then it is put in the shape of the route's API family).
+A route of another API (Ollama's) passes a :class:`Translation`, which turns the runner's OpenAI
+answer into its own, event by event. A client that goes away drops the upstream connection at
+once, which stops llama-server's generation for it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import APIError, error_payload, normalise_error
+from gateway.errors import APIError, Dialect, dialect_of, normalise_error, stream_error_event
 from gateway.metrics import Metrics
 from gateway.payload import take_keep_alive
 from gateway.upstream import UpstreamBusyError, UpstreamError, UpstreamPool, UpstreamResponse
@@ -49,10 +53,6 @@ def _model_rewriter(lease: Lease) -> tuple[bytes, bytes] | None:
     return (b'"model":' + orjson.dumps(lease.model), b'"model":' + orjson.dumps(lease.requested))
 
 
-def _stream_error_event(message: str) -> bytes:
-    return b"data: " + orjson.dumps(error_payload(message, "server_error")) + b"\n\n"
-
-
 async def _cancel_on_disconnect(receive: Receive, exchange: asyncio.Task[Any],
                                 left: list[bool]) -> None:
     """Cancel ``exchange`` when the client goes: whether the relay is still waiting for the
@@ -64,6 +64,64 @@ async def _cancel_on_disconnect(receive: Receive, exchange: asyncio.Task[Any],
             left.append(True)
             exchange.cancel()
             return
+
+
+class Translation(Protocol):
+    """Turns a runner's successful answer into what the client's API expects, for one request."""
+
+    def begin(self, lease: Lease, waited: float) -> None:
+        """The runner is ready; ``waited`` seconds went to queueing and loading."""
+
+    def whole(self, body: bytes) -> bytes:
+        """A successful unstreamed answer."""
+
+
+@runtime_checkable
+class StreamTranslation(Translation, Protocol):
+    """A translation of streamed answers too, SSE event by event."""
+
+    media_type: bytes  # of the streamed answer
+
+    def event(self, data: bytes) -> bytes:
+        """One SSE event's data (never ``[DONE]``); what to send for it, maybe nothing."""
+
+    def end(self) -> bytes:
+        """What to send once the runner's stream ended."""
+
+    def failed(self, message: str) -> bytes:
+        """What to send when the stream broke after its head went out."""
+
+
+@contextlib.contextmanager
+def scheduler_errors(model: str) -> Iterator[None]:
+    """The scheduler's refusals as the API errors clients get (any route that leases)."""
+    try:
+        yield
+    except ModelNotFoundError as exc:
+        raise APIError(404, f"model '{exc.args[0]}' not found", param="model",
+                       code="model_not_found") from exc
+    except QueueFullError as exc:
+        raise APIError(503, str(exc), code="queue_full",
+                       headers={"Retry-After": str(exc.retry_after)}) from exc
+    except ModeNotServedError as exc:
+        raise APIError(400, str(exc), param="model", code="model_not_supported") from exc
+    except ModelTooLargeError as exc:
+        raise APIError(400, str(exc), param="model", code="insufficient_memory") from exc
+    except ModelSourceError as exc:
+        log.error("cannot load %s: %s", model, exc)
+        raise APIError(503, f"model '{model}' cannot be loaded: {exc}") from exc
+    except ShuttingDownError as exc:
+        raise APIError(503, str(exc)) from exc
+    except (RunnerStartError, NoRunnerError) as exc:
+        log.error("cannot load %s: %s", model, exc)
+        raise APIError(503, f"model '{model}' failed to load: {exc}") from exc
+
+
+def _sse_data(event: bytes) -> bytes | None:
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            return line[5:].strip()
+    return None
 
 
 class Relay:
@@ -80,6 +138,7 @@ class Relay:
         stream: bool,
         edited: bool = False,
         options: RunnerOptions | None = None,
+        translation: Translation | None = None,
     ) -> Relay:
         """The relay for a validated request. ``keep_alive`` is ours, so it is taken out here
         for every route; the client's bytes go upstream untouched unless something was
@@ -89,7 +148,8 @@ class Relay:
             body = orjson.dumps(data)
         state = request.app.state
         return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
-                   options, state.metrics, state.settings.stream_idle_timeout or None)
+                   options, state.metrics, state.settings.stream_idle_timeout or None,
+                   dialect_of(request.url.path), translation)
 
     def __init__(
         self,
@@ -103,6 +163,8 @@ class Relay:
         options: RunnerOptions | None = None,
         metrics: Metrics | None = None,
         idle_timeout: float | None = None,
+        dialect: Dialect = Dialect.OPENAI,
+        translation: Translation | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -118,30 +180,17 @@ class Relay:
         # that stops altogether is caught sooner by the health checks; this catches one that
         # still answers them but whose generation is stuck.
         self._idle_timeout = idle_timeout
+        self._dialect = dialect
+        self._translation = translation
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
+        with scheduler_errors(self._model):
+            started = time.perf_counter() if self._translation is not None else 0.0
             lease_cm = self._scheduler.acquire(self._model, self._options, self._keep_alive)
             async with lease_cm as lease:
+                if self._translation is not None:
+                    self._translation.begin(lease, time.perf_counter() - started)
                 await self._exchange(lease, receive, send)
-        except ModelNotFoundError as exc:
-            raise APIError(404, f"model '{exc.args[0]}' not found", param="model",
-                           code="model_not_found") from exc
-        except QueueFullError as exc:
-            raise APIError(503, str(exc), code="queue_full",
-                           headers={"Retry-After": str(exc.retry_after)}) from exc
-        except ModeNotServedError as exc:
-            raise APIError(400, str(exc), param="model", code="model_not_supported") from exc
-        except ModelTooLargeError as exc:
-            raise APIError(400, str(exc), param="model", code="insufficient_memory") from exc
-        except ModelSourceError as exc:
-            log.error("cannot load %s: %s", self._model, exc)
-            raise APIError(503, f"model '{self._model}' cannot be loaded: {exc}") from exc
-        except ShuttingDownError as exc:
-            raise APIError(503, str(exc)) from exc
-        except (RunnerStartError, NoRunnerError) as exc:
-            log.error("cannot load %s: %s", self._model, exc)
-            raise APIError(503, f"model '{self._model}' failed to load: {exc}") from exc
 
     async def _exchange(self, lease: Lease, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -186,6 +235,8 @@ class Relay:
         try:
             if upstream.status >= 400 or not self._stream:
                 await self._send_whole(lease, upstream, send)
+            elif isinstance(self._translation, StreamTranslation):
+                await self._send_translated(lease, upstream, send, self._translation)
             else:
                 await self._send_stream(lease, upstream, send)
         except asyncio.CancelledError:
@@ -199,15 +250,19 @@ class Relay:
             body = await upstream.read()
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' failed mid-response: {exc}") from exc
+        content_type = upstream.header(b"content-type") or _JSON
         if upstream.status >= 400:
-            body = normalise_error(body, upstream.status)
+            body = normalise_error(body, upstream.status, self._dialect)
+            content_type = _JSON
         else:
             if self._metrics is not None:
                 self._metrics.observe_usage(lease.model, body)
-            rewrite = _model_rewriter(lease)
-            if rewrite is not None:
-                body = body.replace(*rewrite)
-        content_type = upstream.header(b"content-type") or _JSON
+            if self._translation is not None:
+                body = self._translation.whole(body)
+            else:
+                rewrite = _model_rewriter(lease)
+                if rewrite is not None:
+                    body = body.replace(*rewrite)
         await send({
             "type": "http.response.start",
             "status": upstream.status,
@@ -246,7 +301,45 @@ class Relay:
                 self._metrics.observe_usage(lease.model, stats[stats.rfind(b"data: {"):])
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
-            tail = _stream_error_event(f"runner for '{lease.model}' failed mid-stream: {exc}")
+            tail = stream_error_event(self._dialect,
+                                      f"runner for '{lease.model}' failed mid-stream: {exc}")
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _send_translated(self, lease: Lease, upstream: UpstreamResponse, send: Send,
+                               translation: StreamTranslation) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": upstream.status,
+            "headers": [(b"content-type", translation.media_type),
+                        (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")],
+        })
+        pending = b""
+        stats = b""
+        try:
+            async for chunk in upstream.chunks(self._idle_timeout):
+                pending += chunk
+                cut = pending.rfind(b"\n\n") + 2
+                if cut < 2:
+                    continue
+                events, pending = pending[:cut], pending[cut:]
+                out = []
+                for event in events.split(b"\n\n"):
+                    data = _sse_data(event)
+                    if data is None or data == b"[DONE]":
+                        continue
+                    if b'"timings"' in data or b'"usage"' in data:
+                        stats = data
+                    out.append(translation.event(data))
+                body = b"".join(out)
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            tail = translation.end()
+            if stats and self._metrics is not None:
+                self._metrics.observe_usage(lease.model, stats)
+        except UpstreamError as exc:
+            log.warning("stream from runner for %s broke: %s", lease.model, exc)
+            tail = translation.failed(f"runner for '{lease.model}' failed mid-stream: {exc}")
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 

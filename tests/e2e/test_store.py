@@ -162,13 +162,13 @@ def test_concurrent_api_pulls_share_one_download(
 
 def test_api_pull_errors(served: Served, gemma_registry: FakeRegistry) -> None:
     bad = httpx.post(f"{served.url}/api/pull", json={"model": "../../etc/passwd"})
-    assert bad.status_code == 400 and "invalid" in bad.json()["error"]["message"]
+    assert bad.status_code == 400 and "invalid" in bad.json()["error"]  # Ollama's shape
     missing = _pull_stream(served, {"model": "nope", "insecure": True})
     assert missing[-1].keys() == {"error"} and "not found" in str(missing[-1]["error"])
     unstreamed = httpx.post(f"{served.url}/api/pull",
                             json={"model": "nope", "insecure": True, "stream": False})
     assert unstreamed.status_code == 404
-    assert unstreamed.json()["error"]["type"] == "not_found_error"
+    assert "not found" in unstreamed.json()["error"]
 
 
 def test_a_client_leaving_api_pull_stops_the_download_and_keeps_the_partial(

@@ -1,0 +1,15 @@
+"""Ollama's native API on the gateway's port, for tools that speak only Ollama.
+
+``/api/chat``, ``/api/generate`` and ``/api/embed`` translate to the runner's OpenAI routes
+(:mod:`.generate`, :mod:`.embed`); ``/api/tags``, ``/api/show``, ``/api/delete`` and
+``/api/version`` answer from the catalog and store (:mod:`.models`). ``/api/ps`` and
+``/api/pull`` are switchboard's own (``gateway.admin``, ``gateway.pull``), in Ollama's shape.
+Errors on ``/api/*`` are Ollama's ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from gateway.ollama import embed, generate, models
+
+relayed = [*generate.routes, *embed.routes]
+routes = [*relayed, *models.routes]

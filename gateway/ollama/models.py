@@ -1,0 +1,164 @@
+"""Ollama's model routes: GET /api/tags, POST /api/show, DELETE /api/delete, GET /api/version.
+
+Facts come from each model's GGUF header (:mod:`runner.model_info`), read off the event loop.
+Ollama shows a Go template and a Modelfile; switchboard's models have a Jinja template (what
+the runner applies) and a config entry, so ``template`` is the Jinja text and ``modelfile`` a
+Modelfile-style summary of where the model comes from and how it is run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from importlib.metadata import version
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.errors import APIError
+from gateway.payload import parse_object
+from gateway.responses import JSONBytes
+from runner.catalog import Catalog
+from runner.model_info import ModelDescriber, ModelFacts
+from runner.models import is_store_source
+from runner.names import InvalidNameError
+from runner.scheduler import Scheduler
+from runner.store import ModelNotInStoreError, StoreError
+
+
+def _iso(epoch: float) -> str | None:
+    if not epoch:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def details(facts: ModelFacts) -> dict[str, Any]:
+    family = facts.architecture
+    return {"parent_model": "", "format": "gguf", "family": family,
+            "families": [family] if family else None,
+            "parameter_size": facts.parameter_size, "quantization_level": facts.quantization}
+
+
+def _requested(data: dict[str, Any]) -> str:
+    model = data.get("model", data.get("name"))  # older clients send "name"
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required and must be a non-empty string", param="model")
+    return model
+
+
+def _facts(catalog: Catalog, describer: ModelDescriber, names: list[str]) -> list[ModelFacts]:
+    found = []
+    for name in names:
+        resolved = catalog.resolve(name)
+        if resolved is not None:
+            found.append(describer.describe(name, resolved[1]))
+    return found
+
+
+async def tags(request: Request) -> Response:
+    catalog: Catalog = request.app.state.scheduler.catalog
+    describer: ModelDescriber = request.app.state.describer
+    facts = await asyncio.to_thread(_facts, catalog, describer, catalog.names())
+    return JSONBytes({"models": [
+        {"name": f.name, "model": f.name, "modified_at": _iso(f.modified), "size": f.size,
+         "digest": f.digest, "details": details(f)}
+        for f in facts
+    ]})
+
+
+def _parameters(facts: ModelFacts) -> str:
+    """Ollama's "key value" lines: the store's params layer, then the context we run with."""
+    lines = []
+    params = facts.layers.get("params")
+    if params:
+        try:
+            stored = orjson.loads(params)
+        except orjson.JSONDecodeError:
+            stored = {}
+        for key, value in (stored.items() if isinstance(stored, dict) else ()):
+            for item in value if isinstance(value, list) else [value]:
+                shown = orjson.dumps(item).decode() if isinstance(item, str) else item
+                lines.append(f"{key} {shown}")
+    lines.append(f"num_ctx {facts.config.ctx_size}")
+    return "\n".join(lines)
+
+
+def _modelfile(facts: ModelFacts) -> str:
+    lines = [f"# Modelfile summarising switchboard's model '{facts.name}'",
+             f"FROM {facts.path or facts.config.source}"]
+    if facts.template:
+        lines.append(f'TEMPLATE """{facts.template}"""')
+    lines += [f"PARAMETER {line}" for line in _parameters(facts).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _model_info(facts: ModelFacts) -> dict[str, Any]:
+    # Array-valued keys appear as their lengths in our header reader: left out, not misstated.
+    info: dict[str, Any] = {key: value for key, value in facts.metadata.items()
+                            if key.startswith(("general.", f"{facts.architecture}."))}
+    if facts.parameters:
+        info["general.parameter_count"] = facts.parameters
+    return info
+
+
+async def show(request: Request) -> Response:
+    model = _requested(parse_object(await request.body()))
+    catalog: Catalog = request.app.state.scheduler.catalog
+    resolved = catalog.resolve(model)
+    if resolved is None:
+        raise APIError(404, f"model '{model}' not found", param="model",
+                       code="model_not_found")
+    describer: ModelDescriber = request.app.state.describer
+    facts = await asyncio.to_thread(describer.describe, model, resolved[1])
+    body: dict[str, Any] = {
+        "modelfile": _modelfile(facts),
+        "parameters": _parameters(facts),
+        "template": facts.template or "",
+        "details": details(facts),
+        "model_info": _model_info(facts),
+        "capabilities": facts.capabilities,
+        "modified_at": _iso(facts.modified),
+    }
+    if "license" in facts.layers:
+        body["license"] = facts.layers["license"]
+    return JSONBytes(body)
+
+
+async def delete(request: Request) -> Response:
+    """Delete a pulled model; a loaded one is unloaded first, as ``ollama rm`` expects."""
+    model = _requested(parse_object(await request.body()))
+    scheduler: Scheduler = request.app.state.scheduler
+    configured = scheduler.catalog.settings.resolve_model(model)
+    if configured is not None and not is_store_source(configured[1].source):
+        raise APIError(400, f"model '{model}' comes from the config ({configured[1].source}), "
+                       "not the store: remove it from the config instead", param="model")
+    target = configured[1].source if configured is not None else model
+    store = scheduler.catalog.store
+    try:
+        store.require(target)
+        if scheduler.catalog.resolve(model) is not None:
+            await scheduler.unload(model)
+        await asyncio.to_thread(store.remove, target)
+    except ModelNotInStoreError as exc:
+        raise APIError(404, f"model '{model}' not found", param="model",
+                       code="model_not_found") from exc
+    except InvalidNameError as exc:
+        raise APIError(400, str(exc), param="model") from exc
+    except StoreError as exc:  # still held, by a runner of another server on this store
+        raise APIError(409, str(exc), param="model") from exc
+    return Response(status_code=200)
+
+
+async def version_(request: Request) -> Response:
+    return JSONBytes({"version": version("switchboard")})
+
+
+routes = [
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+    Route("/api/version", version_, methods=["GET"]),
+]
