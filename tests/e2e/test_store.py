@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.e2e.server import Served, environment, gemma_models, start_server, wait_until
-from tests.fakes.registry import MODEL, FakeRegistry, file_sha256
+from tests.fakes.registry import MODEL, FakeRegistry, checkpointed, file_sha256
 
 pytestmark = pytest.mark.usefixtures("real_variants")
 
@@ -41,15 +41,6 @@ def _env(home: Path, registry: FakeRegistry) -> dict[str, str]:
 def _cli(home: Path, registry: FakeRegistry, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", *argv], env=_env(home, registry),
                           capture_output=True, text=True, timeout=300)
-
-
-def _requested(registry: FakeRegistry) -> int:
-    total = 0
-    for method, _, header in list(registry.requests):
-        if method == "GET" and header:
-            start, end = header.removeprefix("bytes=").split("-")
-            total += int(end) - int(start) + 1
-    return total
 
 
 @pytest.fixture
@@ -104,29 +95,19 @@ def test_a_killed_pull_resumes_and_verifies(
         env=_env(home, gemma_registry), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     partial = home / "models" / "partial"
-
-    def recorded() -> int:
-        """What the pull's own checkpoint says it has (what a resume can skip)."""
-        for state in partial.glob("*.json"):
-            try:
-                return sum(c for _, _, c in orjson.loads(state.read_bytes())["parts"])
-            except (OSError, orjson.JSONDecodeError):
-                pass
-        return 0
-
     try:
-        assert wait_until(lambda: recorded() >= size // 2, 60)
+        assert wait_until(lambda: checkpointed(partial) >= size // 2, 60)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         gemma_registry.rate = None
-    kept = recorded()
+    kept = checkpointed(partial)
     assert size // 2 <= kept < size
 
     gemma_registry.requests.clear()
     again = _cli(home, gemma_registry, "pull", "tiny", "--insecure")
     assert again.returncode == 0, again.stderr
-    assert _requested(gemma_registry) < size - kept + size // 16
+    assert gemma_registry.ranged_bytes() < size - kept + size // 16
     blob = home / "models" / "blobs" / f"sha256-{file_sha256(gemma_path)}"
     assert file_sha256(blob) == file_sha256(gemma_path)
     assert list(partial.iterdir()) == []
@@ -199,4 +180,4 @@ def test_a_client_leaving_api_pull_stops_the_download_and_keeps_the_partial(
     gemma_registry.requests.clear()
     again = _cli(home, gemma_registry, "pull", "tiny", "--insecure")
     assert again.returncode == 0, again.stderr
-    assert _requested(gemma_registry) < size * 0.8  # it resumed from the server's partial
+    assert gemma_registry.ranged_bytes() < size * 0.8  # it resumed from the server's partial

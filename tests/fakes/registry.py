@@ -115,6 +115,15 @@ class FakeRegistry:
                     return fault
         return None
 
+    def ranged_bytes(self) -> int:
+        """Bytes asked for by the ranged GETs recorded so far: what a resume fetched."""
+        total = 0
+        for method, _, header in list(self.requests):
+            if method == "GET" and header:
+                start, end = header.removeprefix("bytes=").split("-")
+                total += int(end) - int(start) + 1
+        return total
+
     def count(self, n: int) -> None:
         with self._lock:
             self.bytes_sent += n
@@ -162,6 +171,16 @@ class FakeRegistry:
 class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that hang up mid-body are what these tests are about
+
+
+def checkpointed(partial_dir: Path) -> int:
+    """What a pull's own checkpoint beside its partial says it has (what a resume skips)."""
+    for state in partial_dir.glob("*.json"):
+        try:
+            return sum(c for _, _, c in orjson.loads(state.read_bytes())["parts"])
+        except (OSError, orjson.JSONDecodeError):
+            pass
+    return 0
 
 
 def file_sha256(path: Path) -> str:
