@@ -45,6 +45,8 @@ _JSON = b"application/json"
 _SSE_ERROR_PREFIX = b'data: {"error"'
 _HOST = "127.0.0.1"
 WATCH_AFTER = 0.005  # seconds before an exchange starts watching for its client to leave
+# What a translation raises on an answer it cannot read (orjson's errors are ValueErrors).
+_UNTRANSLATABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 
 def _model_rewriter(lease: Lease) -> tuple[bytes, bytes] | None:
@@ -258,7 +260,11 @@ class Relay:
             if self._metrics is not None:
                 self._metrics.observe_usage(lease.model, body)
             if self._translation is not None:
-                body = self._translation.whole(body)
+                try:
+                    body = self._translation.whole(body)
+                except _UNTRANSLATABLE as exc:
+                    raise APIError(502, f"runner for '{lease.model}' sent an answer that cannot "
+                                   f"be translated: {exc!r}") from exc
             else:
                 rewrite = _model_rewriter(lease)
                 if rewrite is not None:
@@ -340,6 +346,10 @@ class Relay:
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = translation.failed(f"runner for '{lease.model}' failed mid-stream: {exc}")
+        except _UNTRANSLATABLE as exc:
+            log.warning("stream from runner for %s cannot be translated: %r", lease.model, exc)
+            tail = translation.failed(f"runner for '{lease.model}' sent an event that cannot "
+                                      f"be translated: {exc!r}")
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 

@@ -26,6 +26,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Itera
         "crashy": {"source": str(dummy), "args": ["--fake-mode", "crash-mid-stream"]},
         "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},
         "erring": {"source": str(dummy), "args": ["--fake-mode", "error-line"]},
+        "garbled": {"source": str(dummy), "args": ["--fake-mode", "garbled"]},
         "stuck": {"source": str(dummy), "args": ["--fake-mode", "hang-mid-stream",
                                                  "--fake-marker", str(root / "stuck-left")]},
     }
@@ -86,3 +87,16 @@ def test_old_style_error_line_mid_stream_reaches_the_sdk(served: Served) -> None
     assert not any(line.startswith("error:") for line in lines)
     error = next(line for line in lines if '"error"' in line)
     assert error.startswith("data: ") and '"code":null' in error.replace(" ", "")
+
+
+def test_a_runner_answer_that_cannot_be_translated_is_a_clean_error(served: Served) -> None:
+    whole = httpx.post(f"{served.url}/api/chat", timeout=30,
+                       json={"model": "garbled", "messages": HI, "stream": False})
+    assert whole.status_code == 502
+    assert "cannot be translated" in whole.json()["error"]
+    with httpx.stream("POST", f"{served.url}/api/chat", timeout=30,
+                      json={"model": "garbled", "messages": HI}) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.status_code == 200
+    assert "cannot be translated" in lines[-1] and lines[-1].startswith('{"error"')
+    assert httpx.get(f"{served.url}/health", timeout=5).status_code == 200

@@ -9,6 +9,7 @@ Accepts llama-server's flags and one of its own, ``--fake-mode``:
   error-line       sends one chunk, then an old-style 'error: {...}' line, then ends
   hang-mid-stream  sends one chunk of a stream, then nothing, while /health still answers;
                    touches the --fake-marker file once the client closes the connection
+  garbled          answers 200 with a body that is not JSON, and streams events that are not
   bind-fail-once   the first launch fails like llama-server does when its port was taken
                    (remembered by a marker file given with --fake-marker), later ones serve
 """
@@ -76,6 +77,13 @@ def main() -> None:
                                            "type": "authentication_error"}})
                 return
             base = {"id": "fake", "created": 0, "model": args.alias}
+            if args.fake_mode == "garbled" and not body.get("stream"):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "9")
+                self.end_headers()
+                self.wfile.write(b"not json!")
+                return
             if not body.get("stream"):
                 self._json(200, {**base, "object": "chat.completion", "choices": [
                     {"index": 0, "finish_reason": "stop",
@@ -89,6 +97,8 @@ def main() -> None:
                 event = {**base, "object": "chat.completion.chunk", "choices": [
                     {"index": 0, "finish_reason": None, "delta": {"content": word}}]}
                 data = f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+                if args.fake_mode == "garbled":
+                    data = b"data: {not json\n\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
                 if args.fake_mode == "error-line" and i == 0:
