@@ -63,6 +63,13 @@ _ALLOWED: dict[RunnerState, frozenset[RunnerState]] = {
 }
 
 
+def _loopback_client(timeout: float) -> httpx.AsyncClient:
+    """A client for a runner's plain-HTTP loopback port. httpx builds a TLS context with the CA
+    bundle for every client by default: 17 to 42 ms of blocked event loop here, on every cold
+    start and every health check, for a context plain HTTP never uses."""
+    return httpx.AsyncClient(timeout=timeout, verify=False)
+
+
 class RunnerStartError(RuntimeError):
     """The runner did not become healthy; the message carries its last output lines."""
 
@@ -328,7 +335,7 @@ class RunnerProcess:
     async def _wait_healthy(self, deadline: float) -> None:
         assert self._exited is not None
         url = f"{self.base_url}/health"
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with _loopback_client(1.0) as client:
             while True:
                 if self._exited.done():
                     code = self._exited.result()
@@ -353,7 +360,11 @@ class RunnerProcess:
                 if hint is not None and not hint.done():
                     waits.add(hint)
                 poll = _READY_POLL if hint is not None and hint.done() else _HEALTH_POLL
-                await asyncio.wait(waits, timeout=min(poll, remaining))
+                # FIRST_COMPLETED: asyncio.wait's default waits for all, which made the
+                # "listening" hint wait out the rest of a 50 ms poll (a cold start 25 ms
+                # slower on average).
+                await asyncio.wait(waits, timeout=min(poll, remaining),
+                                   return_when=asyncio.FIRST_COMPLETED)
 
     def _fail(self) -> None:
         # Failure is reachable from any live state, so it bypasses the transition table.
@@ -379,7 +390,7 @@ class RunnerProcess:
         if self._state is not RunnerState.READY:
             return False
         try:
-            async with httpx.AsyncClient(timeout=_HEALTH_TIMEOUT) as client:
+            async with _loopback_client(_HEALTH_TIMEOUT) as client:
                 return (await client.get(f"{self.base_url}/health")).status_code == 200
         except httpx.HTTPError:
             return False
