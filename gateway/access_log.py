@@ -1,5 +1,6 @@
 """One log line per request, its ``x-request-id`` (the client's, or a new one) in and out, and
-the ``Date`` header.
+the ``Date`` header; a ``request`` event for each request that named a model (the console's
+"recent requests").
 
 Plain ASGI: streamed bodies pass through untouched.
 """
@@ -14,6 +15,7 @@ from email.utils import formatdate
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import Metrics
+from runner.events import EventBus
 
 log = logging.getLogger("switchboard.access")
 _ID_HEADER = b"x-request-id"
@@ -41,9 +43,11 @@ def _request_id(scope: Scope) -> bytes:
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None,
+                 events: EventBus | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,7 +56,8 @@ class AccessLog:
         started = time.perf_counter()
         status = 0
         request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id.decode()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -77,6 +82,15 @@ class AccessLog:
                 # Route templates, not raw paths, keep the label set bounded.
                 path = getattr(route, "path", "other")
                 self.metrics.observe_request(path, status, elapsed)
+            model = state.get("model")  # set by the relay
+            if self.events is not None and model is not None:
+                prompt, completion, rate = state.get("usage") or (None, None, None)
+                self.events.publish("request", {
+                    "method": scope["method"], "path": scope["path"], "model": model,
+                    "status": status, "ms": round(elapsed * 1000, 1),
+                    "prompt_tokens": prompt, "completion_tokens": completion,
+                    "tokens_per_second": rate, "request_id": state["request_id"],
+                })
             client = scope.get("client")
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',

@@ -12,6 +12,9 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import RedirectResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway import (
     admin,
@@ -19,6 +22,7 @@ from gateway import (
     chat,
     completions,
     embeddings,
+    events,
     health,
     llama,
     models,
@@ -37,6 +41,7 @@ from gateway.hotpath import HotPath
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
+from runner.events import EventBus
 from runner.memory import gpu_library, gpus
 from runner.model_info import ModelDescriber
 from runner.payloads import extract, find_system_binary
@@ -79,9 +84,13 @@ def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> No
              else "off (no SWITCHBOARD_API_KEYS)")
 
 
+UI = Path(__file__).parent / "ui"
+
+
 def create_app(settings: Settings) -> Starlette:
     """The gateway; runners are extracted at startup and all stopped and removed at shutdown."""
     metrics = Metrics()
+    bus = EventBus()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -92,8 +101,10 @@ def create_app(settings: Settings) -> Starlette:
         def loaded(model: str, seconds: float) -> None:
             metrics.load_seconds.labels(model).observe(seconds)
 
-        scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded)
+        scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded, events=bus)
+        sampler = events.MemorySampler(bus, scheduler, settings.events_sample)
         metrics.scheduler = scheduler
+        metrics.events = bus
         upstream = UpstreamPool(max_waiters=settings.max_queue)
         puller = Puller(settings, scheduler.catalog.store)
         app.state.settings = settings
@@ -102,10 +113,13 @@ def create_app(settings: Settings) -> Starlette:
         app.state.scheduler = scheduler
         app.state.describer = ModelDescriber(settings.home, scheduler.catalog.store)
         app.state.upstream = upstream
+        app.state.events = bus
+        app.state.sampler = sampler
         _banner(settings, scheduler, gpu)
         try:
             yield
         finally:
+            await sampler.aclose()
             await scheduler.close()
             await puller.aclose()
             upstream.close()
@@ -117,10 +131,13 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             *relayed, *models.routes, *ollama.models.routes, *admin.routes, *pull.routes,
-            *health.routes, *metrics_routes, *openapi.routes,
+            *events.routes, *health.routes, *metrics_routes, *openapi.routes,
+            # The console's page is open (it asks for a key); what it calls is not.
+            Route("/ui", lambda request: RedirectResponse("/ui/"), methods=["GET"]),
+            Mount("/ui", StaticFiles(directory=UI, html=True), name="ui"),
         ],
         middleware=[
-            Middleware(AccessLog, metrics=metrics),
+            Middleware(AccessLog, metrics=metrics, events=bus),
             Middleware(Drain, state=drain),
             # Before auth: a browser's preflight carries no credentials. Left out when no
             # origin is allowed: it would only cost every request a pass through it.

@@ -15,6 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import APIError, dialect_of
 
+_WATCHERS = frozenset({"/api/events"})
+
 
 class DrainState:
     """Shared by the middleware and the CLI's signal handling."""
@@ -61,6 +63,11 @@ class Drain:
                              code="shutting_down",
                              headers={"Retry-After": "1", "Connection": "close"})
             await error.response(dialect_of(scope["path"]))(scope, receive, send)
+            return
+        if scope["path"] in _WATCHERS:
+            # Open until the client leaves: counting it would hold every shutdown for the
+            # whole grace period while a console is open.
+            await self.app(scope, receive, send)
             return
         self.state.enter()
         try:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+Usage = tuple[int | None, int | None, float | None]  # prompt, completion, tokens/s
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
 
@@ -33,6 +34,9 @@ class _SchedulerGauges(Collector):
         runners = scheduler.loaded()
         yield GaugeMetricFamily("switchboard_queue_depth", "requests waiting for a runner",
                                 value=scheduler.queue_depth)
+        if self._metrics.events is not None:
+            yield GaugeMetricFamily("switchboard_event_subscribers", "open /api/events streams",
+                                    value=self._metrics.events.subscribers)
         loaded = GaugeMetricFamily("switchboard_loaded_runners", "runners loaded",
                                    labels=["model", "mode"])
         in_flight = GaugeMetricFamily("switchboard_in_flight_requests",
@@ -55,6 +59,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.scheduler: Any = None
+        self.events: Any = None  # the EventBus, attached with the scheduler
         self.requests = Counter("switchboard_requests", "HTTP requests answered",
                                 ["route", "status"], registry=self.registry)
         self.latency = Histogram("switchboard_request_duration_seconds",
@@ -88,31 +93,38 @@ class Metrics:
             self._token_children[model] = children
         return children
 
-    def observe_usage(self, model: str, body: bytes) -> None:
-        """Count tokens from a response body or SSE event carrying ``usage`` or ``timings``."""
+    def observe_usage(self, model: str, body: bytes) -> Usage | None:
+        """Count tokens from a response body or SSE event carrying ``usage`` or ``timings``;
+        returns (prompt, completion, generated tokens per second) as far as they are known."""
         start = body.find(b"{")
         if start < 0:
-            return
+            return None
         try:
             data = orjson.loads(body[start:].split(b"\n\n", 1)[0])
         except orjson.JSONDecodeError:
-            return
+            return None
         if not isinstance(data, dict):
-            return
+            return None
         usage = data.get("usage")
+        timings = data.get("timings")
+        timings = timings if isinstance(timings, dict) else {}
         if isinstance(usage, dict):
             # OpenAI's names, else the Responses and Anthropic APIs' ones.
             prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
             completion = usage.get("completion_tokens", usage.get("output_tokens"))
-        elif isinstance(timings := data.get("timings"), dict):
+        elif timings:
             prompt, completion = timings.get("prompt_n"), timings.get("predicted_n")
         else:
-            return
+            return None
         prompt_counter, completion_counter = self._tokens(model)
         if isinstance(prompt, int):
             prompt_counter.inc(prompt)
         if isinstance(completion, int):
             completion_counter.inc(completion)
+        rate = timings.get("predicted_per_second")
+        return (prompt if isinstance(prompt, int) else None,
+                completion if isinstance(completion, int) else None,
+                rate if isinstance(rate, int | float) else None)
 
 
 async def metrics(request: Request) -> Response:

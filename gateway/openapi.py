@@ -233,6 +233,10 @@ _GETS = {
     "/health": "the gateway is up",
     "/metrics": "Prometheus metrics (text)",
     "/openapi.json": "this document",
+    "/api/events": "server-sent events of runner, queue, memory, request, pull and log changes "
+                   "(?logs=RUNNER adds that runner's output)",
+    "/ui": "the operator console (redirects to /ui/)",
+    "/ui/": "the operator console, a static page",
 }
 
 

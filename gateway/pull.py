@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from gateway.errors import APIError
 from gateway.payload import parse_object, require_flag
 from gateway.responses import JSONBytes
 from runner.download import HostNotAllowedError
+from runner.events import EventBus
 from runner.names import InvalidNameError
 from runner.pull import Emit, Puller, PullError, PullEvent, is_url
 
@@ -76,27 +78,55 @@ def _job(puller: Puller, data: dict[str, object]) -> Callable[[Emit], Awaitable[
     return lambda emit: puller.pull(model, emit, insecure=insecure)
 
 
+class _Announce:
+    """Pull progress as ``pull`` events for the console: every change of status, and progress
+    at most four times a second (a download reports every chunk)."""
+
+    def __init__(self, bus: EventBus, name: str) -> None:
+        self._bus = bus
+        self._name = name
+        self._status = ""
+        self._last = 0.0
+
+    def __call__(self, event: PullEvent | dict[str, object]) -> None:
+        body = event.to_dict() if isinstance(event, PullEvent) else event
+        now = time.monotonic()
+        status = str(body.get("status", "error"))
+        if status != self._status or now - self._last >= 0.25 or "error" in body:
+            self._status, self._last = status, now
+            if self._bus.watched:
+                self._bus.publish("pull", {"model": self._name, **body})
+
+
 async def pull(request: Request) -> Response:
     data = parse_object(await request.body())
     puller: Puller = request.app.state.puller
     job = _job(puller, data)
+    announce = _Announce(request.app.state.events, str(data.get("model", data.get("url"))))
     if data.get("stream") is False:
         try:
-            await job(lambda event: None)
+            await job(announce)
         except PullError as exc:
+            announce({"error": str(exc)})
             raise APIError(exc.status, str(exc), param="model") from exc
         return JSONBytes({"status": "success"})
-    return StreamingResponse(_stream(job), media_type="application/x-ndjson")
+    return StreamingResponse(_stream(job, announce), media_type="application/x-ndjson")
 
 
-async def _stream(job: Callable[[Emit], Awaitable[object]]) -> AsyncIterator[bytes]:
+async def _stream(job: Callable[[Emit], Awaitable[object]],
+                  announce: _Announce) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[PullEvent | object] = asyncio.Queue()
+
+    def emit(event: PullEvent) -> None:
+        queue.put_nowait(event)
+        announce(event)
 
     async def run() -> None:
         try:
-            await job(queue.put_nowait)
+            await job(emit)
         except PullError as exc:
             queue.put_nowait({"error": str(exc)})
+            announce({"error": str(exc)})
         except Exception as exc:  # the stream has started: the error must travel in it
             log.exception("pull failed")
             queue.put_nowait({"error": f"pull failed: {exc}"})

@@ -21,7 +21,14 @@ import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import APIError, Dialect, dialect_of, normalise_error, stream_error_event
+from gateway.errors import (
+    APIError,
+    Dialect,
+    dialect_of,
+    normalise_error,
+    runner_error,
+    stream_error_event,
+)
 from gateway.metrics import Metrics
 from gateway.payload import take_keep_alive
 from gateway.upstream import UpstreamBusyError, UpstreamError, UpstreamPool, UpstreamResponse
@@ -42,6 +49,10 @@ from runner.scheduler import (
 log = logging.getLogger(__name__)
 
 _JSON = b"application/json"
+_SSE = b"text/event-stream"
+# Proxies must not hold chunks back (nginx reads X-Accel-Buffering).
+_SSE_HEAD = [(b"content-type", _SSE), (b"cache-control", b"no-cache"),
+             (b"x-accel-buffering", b"no")]
 _SSE_ERROR_PREFIX = b'data: {"error"'
 _HOST = "127.0.0.1"
 WATCH_AFTER = 0.005  # seconds before an exchange starts watching for its client to leave
@@ -119,6 +130,44 @@ def scheduler_errors(model: str) -> Iterator[None]:
         raise APIError(503, f"model '{model}' failed to load: {exc}") from exc
 
 
+class _LoadPinger:
+    """While a stream waits for its model to load: after ``interval`` seconds it sends the
+    response head, then an SSE comment every ``interval``, so proxies and SDKs with read
+    timeouts see a live connection (a 20 s load would otherwise send nothing for 20 s). A
+    request whose model is ready never starts its task: the timer is cancelled first."""
+
+    def __init__(self, send: Send, interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self.sent = False
+        self._timer = asyncio.get_running_loop().call_later(interval, self._begin)
+
+    def _begin(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        await self._send({"type": "http.response.start", "status": 200, "headers": _SSE_HEAD})
+        self.sent = True
+        while True:
+            await self._send({"type": "http.response.body", "body": b": loading the model\n\n",
+                              "more_body": True})
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _server_timing(waited: float, loading: float) -> bytes:
+    """The Server-Timing header value: time queued, and time loading the model, in ms."""
+    queued = max(waited - loading, 0.0)
+    return f"queue;dur={queued * 1000:.1f}, load;dur={loading * 1000:.1f}".encode()
+
+
 def _sse_data(event: bytes) -> bytes | None:
     for line in event.split(b"\n"):
         if line.startswith(b"data:"):
@@ -149,9 +198,10 @@ class Relay:
         if present or edited:
             body = orjson.dumps(data)
         state = request.app.state
+        settings = state.settings
         return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
-                   options, state.metrics, state.settings.stream_idle_timeout or None,
-                   dialect_of(request.url.path), translation)
+                   options, state.metrics, settings.stream_idle_timeout or None,
+                   dialect_of(request.url.path), translation, settings.load_ping or None)
 
     def __init__(
         self,
@@ -167,6 +217,7 @@ class Relay:
         idle_timeout: float | None = None,
         dialect: Dialect = Dialect.OPENAI,
         translation: Translation | None = None,
+        load_ping: float | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -184,15 +235,50 @@ class Relay:
         self._idle_timeout = idle_timeout
         self._dialect = dialect
         self._translation = translation
+        # Pings are SSE comments: only SSE streams get them (Ollama's NDJSON has no comments).
+        self._load_ping = load_ping if stream and (
+            not isinstance(translation, StreamTranslation) or translation.media_type == _SSE
+        ) else None
+        self._timing: list[tuple[bytes, bytes]] = []
+        self._head_sent = False
+        self._state: dict[str, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with scheduler_errors(self._model):
-            started = time.perf_counter() if self._translation is not None else 0.0
-            lease_cm = self._scheduler.acquire(self._model, self._options, self._keep_alive)
-            async with lease_cm as lease:
-                if self._translation is not None:
-                    self._translation.begin(lease, time.perf_counter() - started)
-                await self._exchange(lease, receive, send)
+        self._state = scope.get("state")
+        if self._state is not None:
+            self._state["model"] = self._model  # for the access log and the console
+        started = time.perf_counter()
+        pinger = _LoadPinger(send, self._load_ping) if self._load_ping else None
+        try:
+            with scheduler_errors(self._model):
+                lease_cm = self._scheduler.acquire(self._model, self._options, self._keep_alive)
+                async with lease_cm as lease:
+                    waited = time.perf_counter() - started
+                    timing = _server_timing(waited, lease.load_seconds)
+                    if pinger is not None:
+                        await pinger.stop()
+                        self._head_sent = pinger.sent
+                    if self._head_sent:
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": b": server-timing " + timing + b"\n\n"})
+                    else:
+                        self._timing = [(b"server-timing", timing)]
+                    if self._translation is not None:
+                        self._translation.begin(lease, waited)
+                    await self._exchange(lease, receive, send)
+        except APIError as exc:
+            if pinger is not None:
+                await pinger.stop()
+                self._head_sent = self._head_sent or pinger.sent
+            if not self._head_sent:
+                raise
+            # The head went out with the pings: the error can only travel in the stream.
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": stream_error_event(self._dialect, exc.message)})
+        finally:
+            if pinger is not None:
+                await pinger.stop()
 
     async def _exchange(self, lease: Lease, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -253,12 +339,16 @@ class Relay:
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' failed mid-response: {exc}") from exc
         content_type = upstream.header(b"content-type") or _JSON
+        if upstream.status >= 400 and self._head_sent:
+            message = runner_error(body, upstream.status).message
+            await send({"type": "http.response.body", "more_body": False,
+                        "body": stream_error_event(self._dialect, message)})
+            return
         if upstream.status >= 400:
             body = normalise_error(body, upstream.status, self._dialect)
             content_type = _JSON
         else:
-            if self._metrics is not None:
-                self._metrics.observe_usage(lease.model, body)
+            self._observe(lease.model, body)
             if self._translation is not None:
                 try:
                     body = self._translation.whole(body)
@@ -273,18 +363,27 @@ class Relay:
             "type": "http.response.start",
             "status": upstream.status,
             "headers": [(b"content-type", content_type),
-                        (b"content-length", str(len(body)).encode())],
+                        (b"content-length", str(len(body)).encode()), *self._timing],
         })
         await send({"type": "http.response.body", "body": body})
 
-    async def _send_stream(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
+    async def _start_stream(self, send: Send, status: int, content_type: bytes) -> None:
+        if self._head_sent:  # by the load pinger, as 200 text/event-stream
+            return
         await send({
             "type": "http.response.start",
-            "status": upstream.status,
-            "headers": [(b"content-type", upstream.header(b"content-type") or b"text/event-stream"),
-                        (b"cache-control", b"no-cache"),
-                        (b"x-accel-buffering", b"no")],  # proxies must not hold chunks back
+            "status": status,
+            "headers": [(b"content-type", content_type), *_SSE_HEAD[1:], *self._timing],
         })
+
+    def _observe(self, model: str, body: bytes) -> None:
+        if self._metrics is not None:
+            usage = self._metrics.observe_usage(model, body)
+            if usage is not None and self._state is not None:
+                self._state["usage"] = usage
+
+    async def _send_stream(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
+        await self._start_stream(send, upstream.status, upstream.header(b"content-type") or _SSE)
         rewrite = _model_rewriter(lease)
         pending = b""
         stats = b""  # the last event with token counts: counted once, when the stream ends
@@ -303,8 +402,8 @@ class Relay:
                     chunk = self._normalise_event(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = pending
-            if stats and self._metrics is not None:
-                self._metrics.observe_usage(lease.model, stats[stats.rfind(b"data: {"):])
+            if stats:
+                self._observe(lease.model, stats[stats.rfind(b"data: {"):])
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = stream_error_event(self._dialect,
@@ -314,12 +413,7 @@ class Relay:
 
     async def _send_translated(self, lease: Lease, upstream: UpstreamResponse, send: Send,
                                translation: StreamTranslation) -> None:
-        await send({
-            "type": "http.response.start",
-            "status": upstream.status,
-            "headers": [(b"content-type", translation.media_type),
-                        (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")],
-        })
+        await self._start_stream(send, upstream.status, translation.media_type)
         pending = b""
         stats = b""
         try:
@@ -341,8 +435,8 @@ class Relay:
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             tail = translation.end()
-            if stats and self._metrics is not None:
-                self._metrics.observe_usage(lease.model, stats)
+            if stats:
+                self._observe(lease.model, stats)
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = translation.failed(f"runner for '{lease.model}' failed mid-stream: {exc}")

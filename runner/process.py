@@ -183,6 +183,7 @@ class RunnerProcess:
         self.load_seconds = 0.0
         self.started_at = 0.0
         self.output: deque[str] = deque(maxlen=_STDERR_LINES)
+        self.on_line: Callable[[str], None] | None = None  # each output line, as it comes
         self._env = {**env, "LLAMA_API_KEY": self.api_key}
         self._load_timeout = load_timeout
         self._stop_timeout = stop_timeout
@@ -307,6 +308,8 @@ class RunnerProcess:
                 return
             line = raw.decode("utf-8", "replace").rstrip()
             self.output.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
             listening = self._listening
             if listening is not None and not listening.done() and any(
                 marker in line for marker in _LISTENING

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from runner.backends import EMBEDDED_META, BackendError, Backends
 from runner.catalog import Catalog, open_store
+from runner.events import EventBus
 from runner.gguf_header import GGUFError, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
 from runner.models import ModelPaths, resolve_template
@@ -146,6 +147,7 @@ class Lease:
     base_url: str
     api_key: str
     port: int
+    load_seconds: float = 0.0  # of the load this request waited for; 0 if it found one ready
 
 
 @dataclass
@@ -262,6 +264,7 @@ class Scheduler:
         on_load: Callable[[str, float], None] | None = None,
         catalog: Catalog | None = None,
         backends: Backends | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._settings = settings
         self._backends = backends or Backends(settings.home / "backends", settings.system_backends)
@@ -276,6 +279,9 @@ class Scheduler:
         self._gpu_probe = gpu_probe
         self._gpu_usage = gpu_usage
         self._on_load = on_load
+        self._events = events
+        self._published_depth = 0
+        self._starting: dict[str, tuple[RunnerProcess, int]] = {}  # key -> (runner, estimate)
         self._learned: dict[str, int] = {}  # model -> measured need of its last runner
         self._paths = ModelPaths(settings.home, self.catalog.store)
         self._loaded: dict[str, _Loaded] = {}
@@ -326,15 +332,20 @@ class Scheduler:
             raise ModeNotServedError(model, shape.mode, config.modes)
         key = runner_key(canonical, shape.mode)
         entry = self._loaded.get(key)
+        waited_for = 0.0
         if entry is not None and entry.usable and entry.shape == shape:
             self._attach(entry, keep_alive)
         else:
             pending = _Pending(key, canonical, shape, config, keep_alive,
                                asyncio.get_running_loop().create_future())
+            queued_at = time.time()
             entry = await self._enqueue(pending)
+            if entry.runner.started_at >= queued_at:
+                waited_for = entry.runner.load_seconds
         runner = entry.runner
         try:
-            yield Lease(canonical, model, runner, runner.base_url, runner.api_key, runner.port)
+            yield Lease(canonical, model, runner, runner.base_url, runner.api_key, runner.port,
+                        waited_for)
         finally:
             self._release(entry)
 
@@ -351,6 +362,7 @@ class Scheduler:
         if len(self._pending) >= self._settings.max_queue:
             raise QueueFullError(self._settings.max_queue)
         self._pending.append(pending)
+        self._publish_queue()
         self._ensure_dispatcher()
         self._wake.set()
         try:
@@ -360,6 +372,7 @@ class Scheduler:
             # granted: give the reference back.
             if pending in self._pending:
                 self._pending.remove(pending)
+                self._publish_queue()
             fut = pending.future
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._release(fut.result())
@@ -402,6 +415,7 @@ class Scheduler:
         if self._loaded.get(entry.key) is entry:
             del self._loaded[entry.key]
         log.info("unloading %s (%s)", entry.key, reason)
+        self._publish_runner(entry.key, entry.runner, "stopping", reason=reason)
         task = asyncio.create_task(self._stop_runner(entry, force))
         self._stopping.add(task)
         task.add_done_callback(self._stopped)
@@ -459,6 +473,7 @@ class Scheduler:
             else:
                 waiting.append(pending)
         self._pending = waiting
+        self._publish_queue()
         servable = frozenset((k, e.shape) for k, e in self._loaded.items() if e.usable)
         wanted = next_to_load([p.wants for p in waiting], servable)
         if wanted is None or self._stopping:
@@ -534,6 +549,7 @@ class Scheduler:
     async def _stop_runner(self, entry: _Loaded, force: bool) -> None:
         free_before = sum(g.free for g in self._gpu_probe()) if entry.vram else 0
         await entry.runner.stop(force=force)
+        self._publish_runner(entry.key, entry.runner, "stopped")
         if not entry.vram:
             return
         # The driver reports freed device memory late; loading into it before then would
@@ -598,9 +614,13 @@ class Scheduler:
                 self._settings.stop_timeout,
                 self._on_runner_exit,
             )
+            runner.on_line = functools.partial(self._publish_line, key)
+            self._starting[key] = (runner, need)
+            self._publish_runner(key, runner, "starting", estimated_bytes=need)
             try:
                 await runner.start()
-            except RunnerStartError:
+            except RunnerStartError as exc:
+                self._publish_runner(key, runner, "failed", error=str(exc))
                 await runner.stop()
                 # SIGILL: the variant uses instructions this CPU lacks; the next may run.
                 if runner.returncode == -signal.SIGILL:
@@ -610,6 +630,8 @@ class Scheduler:
             except BaseException:  # cancelled mid-load (shutdown): never orphan the child
                 await runner.stop()
                 raise
+            finally:
+                self._starting.pop(key, None)
             keep_alive = (
                 config.keep_alive if config.keep_alive is not None else self._settings.keep_alive
             )
@@ -621,6 +643,8 @@ class Scheduler:
             self.loads += 1
             if self._on_load is not None:
                 self._on_load(key, runner.load_seconds)
+            self._publish_runner(key, runner, "ready", estimated_bytes=need,
+                                 actual_bytes=entry.actual, vram_bytes=entry.vram)
             return entry
         raise NoRunnerError("no runner variant could start: " + "; ".join(errors))
 
@@ -654,7 +678,42 @@ class Scheduler:
                 del self._loaded[key]
                 log.warning("runner for %s left the loaded set; the next request reloads it",
                             key)
+                self._publish_runner(key, runner, "failed", error="exited unexpectedly")
                 self._wake.set()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _publish_runner(self, key: str, runner: RunnerProcess, state: str,
+                        **extra: object) -> None:
+        if self._events is None or not self._events.watched:
+            return
+        self._events.publish("runner", {
+            "runner": key, "model": runner.spec.model, "mode": str(runner.spec.mode),
+            "state": state, "pid": runner.pid, "variant": runner.variant,
+            "load_seconds": round(runner.load_seconds, 3), "ctx_size": runner.spec.ctx_size,
+            **extra,
+        })
+
+    def _publish_queue(self) -> None:
+        depth = self.queue_depth
+        if self._events is not None and depth != self._published_depth:
+            self._published_depth = depth
+            if self._events.watched:
+                self._events.publish("queue", {"depth": depth})
+
+    def _publish_line(self, key: str, line: str) -> None:
+        if self._events is not None and self._events.watched:
+            self._events.publish("log", {"runner": key, "line": line})
+
+    def starting(self) -> list[tuple[str, RunnerProcess, int]]:
+        """Runners being loaded now: (key, runner, estimated bytes)."""
+        return [(key, runner, need) for key, (runner, need) in self._starting.items()]
+
+    def runner_output(self, key: str) -> list[str]:
+        """The last output lines of a loaded or loading runner (empty if there is none)."""
+        entry = self._loaded.get(key)
+        runner = entry.runner if entry is not None else self._starting.get(key, (None, 0))[0]
+        return list(runner.output) if runner is not None else []
 
     # -- administration ---------------------------------------------------------------------
 

@@ -213,6 +213,16 @@ class Settings(BaseModel):
         120.0, description="longest silence from a runner mid-stream before the stream ends "
         "with an error; 0 = none"
     )
+    load_ping: Duration = Field(
+        5.0, description="while a stream waits for its model to load, an SSE comment this "
+        "often; 0 = none"
+    )
+    events_ping: Duration = Field(
+        15.0, description="keep-alive comment interval on /api/events streams"
+    )
+    events_sample: Duration = Field(
+        2.0, description="how often /api/events carries memory samples while watched"
+    )
     llm_library: str | None = Field(None, description="force a runner variant, e.g. cpu_avx2")
     llama_server: OptionalUserPath = Field(
         None, description="system llama-server used without payloads"

@@ -139,7 +139,8 @@ def test_every_route_is_in_the_document(served: Served, client: httpx.Client) ->
     documented = {path: set(ops) for path, ops in client.get("/openapi.json").json()["paths"]
                   .items()}
     for route in create_app(Settings()).routes:
-        assert isinstance(route, Route)
+        if not isinstance(route, Route):  # the console's static files
+            continue
         path = route.path.replace("{model:path}", "{model}")
         methods = {m.lower() for m in route.methods or ()} - {"head"}
         assert methods <= documented.get(path, set()), (path, methods)

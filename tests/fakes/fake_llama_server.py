@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A stand-in for llama-server that misbehaves on purpose (fault injection only).
 
-Accepts llama-server's flags and one of its own, ``--fake-mode``:
+Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load) and
+``--fake-mode``:
   ok               healthy; canned chat completions, streamed in 3 chunks
   exit             prints an error and exits 3 at once
   hang             /health answers 503 forever
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("--alias", default="fake")
     parser.add_argument("--fake-mode", default="ok")
     parser.add_argument("--fake-marker")
+    parser.add_argument("--fake-delay", type=float, default=0.0,
+                        help="seconds of 'loading' before it listens")
     args, _ = parser.parse_known_args()
     print(f"fake llama-server mode={args.fake_mode} port={args.port}", flush=True)
     if args.fake_mode == "exit":
@@ -45,6 +48,7 @@ def main() -> None:
               flush=True)
         sys.exit(1)
     key = os.environ.get("LLAMA_API_KEY", "")
+    time.sleep(args.fake_delay)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from runner.events import EventBus
 from runner.memory import GpuMemory
 from runner.modes import RunnerMode
 from runner.payloads import Payloads
@@ -47,6 +50,15 @@ class FakeRunner:
         self.on_exit = on_exit
         self.gate: asyncio.Event | None = None
         self.fail: str | None = None
+        self.started_at = 0.0
+        self.output: list[str] = []
+        self.on_line: Callable[[str], None] | None = None
+
+    def say(self, line: str) -> None:
+        """A line of output, as the real runner's output pump would report it."""
+        self.output.append(line)
+        if self.on_line is not None:
+            self.on_line(line)
 
     @property
     def base_url(self) -> str:
@@ -67,6 +79,7 @@ class FakeRunner:
             raise RunnerStartError(self.fail)
         FakeRunner.alive += 1
         FakeRunner.most_alive = max(FakeRunner.most_alive, FakeRunner.alive)
+        self.started_at = time.time()
         self.state = RunnerState.READY
 
     healthy = True
@@ -124,8 +137,8 @@ def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = 
         write_empty_gguf(gguf)
         models[name] = ModelConfig(source=str(gguf),
                                    backend=(backends or {}).get(name, "llama-cpp"))
-    hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources", "installed")
-             if k in kwargs}
+    hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources", "installed",
+                                        "events") if k in kwargs}
     config = Settings(home=tmp_path, models=models, **kwargs)
     payloads = Payloads(root=tmp_path / "p", sources=hooks.pop("sources", {}),
                         system_binary=tmp_path / "bin")
@@ -637,4 +650,51 @@ async def test_a_reranking_model_serves_only_rerank_and_a_chat_model_never_does(
         assert lease.runner.spec.mode is RunnerMode.RERANKING
     assert scheduler.loads == 1
     assert [info.mode for info in scheduler.loaded()] == ["reranking"]
+    await scheduler.close()
+
+
+async def test_scheduler_publishes_a_load_unload_cycle_in_order(tmp_path: Path) -> None:
+    bus = EventBus()
+    watching = bus.subscribe(logs="a")
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, events=bus)
+    async with scheduler.acquire("a") as lease:
+        assert lease.load_seconds == factory.made[0].load_seconds  # it waited for that load
+        factory.made[0].say("srv  update_slots: all slots are idle")
+    async with scheduler.acquire("a") as again:
+        assert again.load_seconds == 0.0  # found it ready
+    assert await scheduler.unload("a")
+    seen = []
+    while watching._events:
+        event = await watching.next()
+        seen.append((event.kind, event.data.get("state", event.data.get("depth",
+                                                                          event.data.get("line")))))
+    assert seen == [("queue", 1), ("runner", "starting"), ("runner", "ready"), ("queue", 0),
+                    ("log", "srv  update_slots: all slots are idle"),
+                    ("runner", "stopping"), ("runner", "stopped")]
+    await scheduler.close()
+
+
+async def test_scheduler_publishes_nothing_nobody_watches(tmp_path: Path) -> None:
+    bus = EventBus()
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, events=bus)
+    await _use(scheduler, "a")
+    late = bus.subscribe()
+    assert late._events == deque()  # nothing was built or kept for it meanwhile
+    await scheduler.close()
+
+
+async def test_scheduler_publishes_a_failed_load(tmp_path: Path) -> None:
+    bus = EventBus()
+    watching = bus.subscribe()
+    factory = Factory()
+    factory.fail_next = "exited with code 3"
+    scheduler = _scheduler(tmp_path, factory, events=bus)
+    with pytest.raises(RunnerStartError):
+        await _use(scheduler, "a")
+    states = [e.data.get("state") for e in list(watching._events) if e.kind == "runner"]
+    assert states == ["starting", "failed"]
+    failed = next(e for e in watching._events if e.data.get("state") == "failed")
+    assert "exited with code 3" in failed.data["error"]
     await scheduler.close()

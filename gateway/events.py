@@ -1,0 +1,126 @@
+"""GET /api/events: switchboard's state as server-sent events, for the operator console.
+
+The stream opens with a ``snapshot`` (runners, queue depth, recent requests, models, and the
+chosen runner's recent output with ``?logs=RUNNER``), then carries the event bus's events
+(:mod:`runner.events`) as they happen, with a keep-alive comment every
+``SWITCHBOARD_EVENTS_PING``. Each subscriber reads from its own bounded buffer, so a slow one
+loses its oldest events (and is told how many) instead of slowing anyone down; one that stops
+reading altogether is dropped after ``SEND_TIMEOUT``.
+
+While anyone is subscribed, a sampler publishes ``memory`` every ``SWITCHBOARD_EVENTS_SAMPLE``
+seconds: RAM, each GPU's free memory, and each runner's measured memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from runner.events import Event, EventBus
+from runner.memory import gpus, system_memory
+from runner.scheduler import RunnerInfo, Scheduler, runner_key
+
+log = logging.getLogger(__name__)
+SEND_TIMEOUT = 30.0  # seconds a send may block before the subscriber is given up on
+
+
+def _runner(info: RunnerInfo) -> dict[str, Any]:
+    key = runner_key(info.model, info.mode)  # type: ignore[arg-type]
+    return {
+        "runner": key, "model": info.model, "mode": info.mode,
+        "state": "stopping" if info.draining else "ready", "pid": info.pid,
+        "variant": info.variant, "load_seconds": round(info.load_seconds, 3),
+        "ctx_size": info.ctx_size, "in_flight": info.in_flight,
+        "estimated_bytes": info.estimated_bytes, "actual_bytes": info.actual_bytes,
+        "vram_bytes": info.vram_bytes,
+    }
+
+
+def snapshot(scheduler: Scheduler, bus: EventBus, logs: str | None) -> dict[str, Any]:
+    runners = [_runner(info) for info in scheduler.loaded()]
+    for key, runner, need in scheduler.starting():
+        runners.append({"runner": key, "model": runner.spec.model, "mode": str(runner.spec.mode),
+                        "state": "starting", "pid": runner.pid, "variant": runner.variant,
+                        "estimated_bytes": need})
+    return {
+        "runners": runners,
+        "queue": scheduler.queue_depth,
+        "requests": [{"data": e.data, "at": e.at} for e in bus.recent_requests],
+        "models": scheduler.catalog.names(),
+        "logs": scheduler.runner_output(logs) if logs else [],
+    }
+
+
+class MemorySampler:
+    """Publishes ``memory`` while the bus has subscribers; one task at most."""
+
+    def __init__(self, bus: EventBus, scheduler: Scheduler, interval: float) -> None:
+        self._bus = bus
+        self._scheduler = scheduler
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> dict[str, Any]:
+        total, available = system_memory()
+        return {
+            "ram": {"total": total, "available": available},
+            "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
+                     for g in gpus()],
+            "runners": [{"runner": runner_key(i.model, i.mode),  # type: ignore[arg-type]
+                         "actual_bytes": i.actual_bytes, "vram_bytes": i.vram_bytes,
+                         "in_flight": i.in_flight}
+                        for i in self._scheduler.loaded()],
+        }
+
+    def ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._bus.watched:
+            self._bus.publish("memory", self.sample())
+            await asyncio.sleep(self._interval)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _sse(kind: str, data: Any, at: float) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps({"data": data, "at": at}).decode(), event=kind)
+
+
+async def events(request: Request) -> Response:
+    state = request.app.state
+    bus: EventBus = state.events
+    logs = request.query_params.get("logs") or None
+    subscription = bus.subscribe(logs=logs)
+    state.sampler.ensure_running()
+    first = snapshot(state.scheduler, bus, logs)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        try:
+            yield _sse("snapshot", first, time.time())
+            event: Event
+            async for event in bus.stream(subscription):
+                yield _sse(event.kind, event.data, event.at)
+        finally:
+            subscription.close()
+
+    return EventSourceResponse(stream(), ping=state.settings.events_ping, sep="\n",
+                               send_timeout=SEND_TIMEOUT)
+
+
+routes = [Route("/api/events", events, methods=["GET"])]
