@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-reliability lint payloads model toolchain bench clean
+.PHONY: serve test test-reliability lint payloads model toolchain browser bench clean
 
 # Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
@@ -25,6 +25,14 @@ toolchain:
 	    apt-get update -qq && apt-get install -y -qq g++ make >/dev/null; \
 	  else echo "a C++ compiler is needed: sudo apt-get install g++" >&2; exit 1; fi; }
 
+# The console's browser test drives Debian's Chromium: Playwright's own browser download needs
+# the internet. Without root or apt the test says it was skipped and why.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no chromium: the console's browser test will be skipped (sudo apt-get install chromium)" >&2; fi; }
+
 # Compiles only when the build cache (~/.cache/switchboard) has no binary for these sources.
 payloads: $(INSTALLED) toolchain
 	$(BIN)/switchboard build-runners
@@ -39,7 +47,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check gateway runner tests bench setup.py
 	$(BIN)/mypy
 
-test: payloads model lint
+test: payloads model lint browser
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # The reliability suite on its own (its fast part also runs in `make test`).

@@ -377,6 +377,15 @@ def run_all(quick: bool) -> Results:
                                    f"added latency p50 {added50 * 1000:.3f} ms (target 0.5 ms)")
                     results.target(added99 <= 0.002,
                                    f"added latency p99 {added99 * 1000:.3f} ms (target 2 ms)")
+            console = console_latency(stub, board, n)
+            results.samples["console"] = console
+            added = {label: percentile(values, 50) - percentile(console["direct"], 50)
+                     for label, values in console.items() if label != "direct"}
+            results.rows["console"] = [[label, f"{value * 1000:+.3f}"]
+                                       for label, value in added.items()]
+            change = added["console open"] - added["console closed"]
+            results.target(change <= 0.00005, "console open: added p50 changes by "
+                                              f"{change * 1000:+.3f} ms (target within 0.05)")
             throughput: dict[str, dict[int, float]] = {p.name: {} for p in peers}
             profile = work / "gateway-profile.txt"
             for clients in (1, 16, 64):
@@ -479,6 +488,44 @@ def run_all(quick: bool) -> Results:
          f"{med['curl'] / med['inproc']:.2f}"],
     ]
     return results
+
+
+@contextmanager
+def events_open(board: Peer) -> Iterator[None]:
+    """An /api/events subscriber in its own process (as a browser would be), for the block."""
+    reader = ("import httpx, sys\n"
+              "with httpx.stream('GET', sys.argv[1], timeout=None) as r:\n"
+              "    for _ in r.iter_bytes(): pass\n")
+    proc = subprocess.Popen([sys.executable, "-c", reader, f"{board.url}/api/events"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def subscribed() -> bool:
+        metrics = httpx.get(f"{board.url}/metrics", timeout=5).text
+        return "switchboard_event_subscribers 1.0" in metrics
+
+    try:
+        if not wait_until(subscribed, 20, step=0.05):
+            raise RuntimeError("the events subscriber did not connect")
+        yield
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def console_latency(stub: Peer, board: Peer, requests: int) -> dict[str, list[float]]:
+    """One client's latencies with no console and with one subscribed to /api/events (request
+    and memory events flowing), in interleaved blocks, beside the stub's own."""
+    body = chat_body(MODEL)
+    samples: dict[str, list[float]] = {"direct": [], "console closed": [], "console open": []}
+    blocks = 5
+    for _ in range(blocks):
+        samples["direct"] += uvloop.run(run(stub.target(), body, requests // blocks, 1))[0]
+        samples["console closed"] += uvloop.run(run(board.target(), body, requests // blocks,
+                                                    1))[0]
+        with events_open(board):
+            samples["console open"] += uvloop.run(run(board.target(), body,
+                                                      requests // blocks, 1))[0]
+    return samples
 
 
 def cold_starts(router: Peer, board: Peer, rounds: int) -> dict[str, list[float]]:
@@ -618,6 +665,10 @@ def write_markdown(results: Results, path: Path) -> None:
                   f"{memory['peak_under_load'] / 2**20:.0f} MiB.", ""]
     parts += ["## 7. Pull (loopback, the default model's GGUF)", "",
               table(["client", "seconds", "MB/s", "x curl"], results.rows.get("pull", [])), "",
+              "## 8. The operator console open (stub upstream, one client)", "",
+              "Added p50 over direct, with no `/api/events` subscriber and with one reading "
+              "every event (a request event per request, memory samples), interleaved.", "",
+              table(["gateway", "added p50 ms"], results.rows.get("console", [])), "",
               "![latency and throughput](benchmarks.png)", ""]
     path.write_text("\n".join(parts))
 

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from runner.events import Event, EventBus
 from runner.memory import gpus, system_memory
+from runner.modes import RunnerMode
 from runner.scheduler import RunnerInfo, Scheduler, runner_key
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ SEND_TIMEOUT = 30.0  # seconds a send may block before the subscriber is given u
 
 
 def _runner(info: RunnerInfo) -> dict[str, Any]:
-    key = runner_key(info.model, info.mode)  # type: ignore[arg-type]
+    key = runner_key(info.model, RunnerMode(info.mode))
     return {
         "runner": key, "model": info.model, "mode": info.mode,
         "state": "stopping" if info.draining else "ready", "pid": info.pid,
@@ -76,7 +77,7 @@ class MemorySampler:
             "ram": {"total": total, "available": available},
             "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
                      for g in gpus()],
-            "runners": [{"runner": runner_key(i.model, i.mode),  # type: ignore[arg-type]
+            "runners": [{"runner": runner_key(i.model, RunnerMode(i.mode)),
                          "actual_bytes": i.actual_bytes, "vram_bytes": i.vram_bytes,
                          "in_flight": i.in_flight}
                         for i in self._scheduler.loaded()],
@@ -99,7 +100,8 @@ class MemorySampler:
 
 
 def _sse(kind: str, data: Any, at: float) -> ServerSentEvent:
-    return ServerSentEvent(data=orjson.dumps({"data": data, "at": at}).decode(), event=kind)
+    return ServerSentEvent(data=orjson.dumps({"data": data, "at": at}).decode(), event=kind,
+                           sep="\n")
 
 
 async def events(request: Request) -> Response:

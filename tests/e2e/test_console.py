@@ -1,0 +1,123 @@
+"""The operator console in a real browser (Debian's headless Chromium, driven by Playwright)
+over a served gateway with auth on, the real runner and model, and a registry on 127.0.0.1.
+Each state is saved as a screenshot under the test's tmp directory."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import Served, gemma_models, start_server
+from tests.fakes.registry import MODEL, FakeRegistry
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.usefixtures("real_variants"),
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium "
+                                                "(make test installs it when run as root)"),
+]
+KEY = "sk-console-0123456789"
+ROW = 'tr[data-runner="gemma3:270m"]'
+
+
+@pytest.fixture(scope="module")
+def registry(gemma_path: Path) -> Iterator[FakeRegistry]:
+    with FakeRegistry() as fake:
+        fake.add_model("library/tiny", "latest", [(MODEL, fake.add_blob(gemma_path))])
+        fake.rate = 100e6  # a pull that takes a few seconds, so its progress shows
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
+           registry: FakeRegistry) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("console")
+    server = start_server(root, gemma_models(gemma_path), {
+        "SWITCHBOARD_API_KEYS": KEY, "SWITCHBOARD_HOME": str(root / "home"),
+        "SWITCHBOARD_REGISTRY": registry.host, "SWITCHBOARD_EVENTS_SAMPLE": "0.5s"})
+    yield server
+    server.stop()
+
+
+def _chat(served: Served) -> None:
+    httpx.post(f"{served.url}/v1/chat/completions", timeout=120,
+               headers={"Authorization": f"Bearer {KEY}"},
+               json={"model": "gemma3:270m", "max_tokens": 4,
+                     "messages": [{"role": "user", "content": "hi"}]}).raise_for_status()
+
+
+def test_the_console_shows_loads_logs_unloads_and_pulls(served: Served, tmp_path: Path) -> None:
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(30_000)
+        try:
+            page.goto(f"{served.url}/ui/")
+            # Auth is on: the page asks for a key before it can listen.
+            page.wait_for_selector("#key-form:not([hidden])")
+            page.screenshot(path=shots / "1-asks-for-key.png")
+            page.fill("#key", KEY)
+            page.click("#key-form button")
+            page.wait_for_selector('#status[data-status="live"]')
+
+            # A request loads the default model: the page shows it starting, then ready.
+            request = threading.Thread(target=_chat, args=(served,))
+            request.start()
+            page.wait_for_selector(f'{ROW}[data-state="starting"]')
+            page.screenshot(path=shots / "2-loading.png")
+            page.wait_for_selector(f'{ROW}[data-state="ready"]')
+            request.join(120)
+            history = page.inner_text(f"{ROW} .history")
+            assert history == "starting → ready"
+            page.wait_for_selector('#requests tbody tr[data-status="200"]')
+            assert "gemma3:270m" in page.inner_text("#requests tbody")
+            page.screenshot(path=shots / "3-ready.png")
+
+            # Its logs: what it printed so far, then new lines as another request runs.
+            page.click(f"{ROW} button.logs")
+            page.wait_for_function("document.getElementById('logs').textContent.length > 0")
+            before = page.evaluate("document.getElementById('logs').textContent.length")
+            _chat(served)
+            page.wait_for_function(
+                f"document.getElementById('logs').textContent.length > {before}")
+            assert "llama" in page.inner_text("#logs") or "srv" in page.inner_text("#logs")
+            page.screenshot(path=shots / "4-logs.png")
+
+            # Unload: the row goes.
+            page.click(f"{ROW} button.unload")
+            page.wait_for_selector(ROW, state="detached")
+            page.screenshot(path=shots / "5-unloaded.png")
+
+            # Load (a preload with a keep-alive) brings it back; then it is unloaded again.
+            page.select_option("#load-model", "gemma3:270m")
+            page.fill("#load-keep", "10m")
+            page.click("#load")
+            page.wait_for_selector(f'{ROW}[data-state="ready"]')
+            ps = httpx.get(f"{served.url}/api/ps", timeout=10,
+                           headers={"Authorization": f"Bearer {KEY}"}).json()["models"]
+            assert [m["keep_alive"] for m in ps] == [600.0]
+            page.click(f"{ROW} button.unload")
+            page.wait_for_selector(ROW, state="detached")
+
+            # A pull from the registry, its progress to 100%.
+            page.fill("#pull-name", "tiny")
+            page.check("#pull-insecure")
+            page.click("#pull")
+            page.wait_for_function(
+                "document.getElementById('pull-status').textContent === 'success'")
+            assert page.inner_text("#pull-percent") == "100%"
+            assert page.eval_on_selector("#pull-bar", "bar => bar.value") == 100
+            page.wait_for_selector('#load-model option[value="tiny:latest"]', state="attached")
+            page.screenshot(path=shots / "6-pulled.png")
+        finally:
+            browser.close()
+    print(f"console screenshots: {shots}")
+    assert len(list(shots.glob("*.png"))) == 6
