@@ -2,10 +2,11 @@
 
 The stream opens with a ``snapshot`` (runners, queue depth, recent requests, models, and the
 chosen runner's recent output with ``?logs=RUNNER``), then carries the event bus's events
-(:mod:`runner.events`) as they happen, with a keep-alive comment every
-``SWITCHBOARD_EVENTS_PING``. Each subscriber reads from its own bounded buffer, so a slow one
-loses its oldest events (and is told how many) instead of slowing anyone down; one that stops
-reading altogether is dropped after ``SEND_TIMEOUT``.
+(:mod:`runner.events`) as they happen, in batches written at most every ``LINGER`` (a
+console watching a busy gateway costs it a few writes a second, not one per request), with a
+keep-alive comment every ``SWITCHBOARD_EVENTS_PING``. Each subscriber reads from its own
+bounded buffer, so a slow one loses its oldest events (and is told how many) instead of
+slowing anyone down; one that stops reading altogether is dropped after ``SEND_TIMEOUT``.
 
 While anyone is subscribed, a sampler publishes ``memory`` every ``SWITCHBOARD_EVENTS_SAMPLE``
 seconds: RAM, each GPU's free memory, and each runner's measured memory.
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -99,9 +100,13 @@ class MemorySampler:
                 await self._task
 
 
-def _sse(kind: str, data: Any, at: float) -> ServerSentEvent:
-    return ServerSentEvent(data=orjson.dumps({"data": data, "at": at}).decode(), event=kind,
-                           sep="\n")
+LINGER = 0.1  # seconds a batch of events gathers before it is written
+
+
+def _sse(kind: str, data: Any, at: float) -> bytes:
+    # orjson writes no newline, so one data line holds the whole event.
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"data": data, "at": at}) \
+        + b"\n\n"
 
 
 async def events(request: Request) -> Response:
@@ -112,12 +117,12 @@ async def events(request: Request) -> Response:
     state.sampler.ensure_running()
     first = snapshot(state.scheduler, bus, logs)
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
+    async def stream() -> AsyncIterator[bytes]:
         try:
             yield _sse("snapshot", first, time.time())
-            event: Event
-            async for event in bus.stream(subscription):
-                yield _sse(event.kind, event.data, event.at)
+            batch: list[Event]
+            async for batch in bus.stream(subscription, LINGER):
+                yield b"".join(_sse(event.kind, event.data, event.at) for event in batch)
         finally:
             subscription.close()
 

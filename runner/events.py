@@ -59,6 +59,18 @@ class Subscription:
             return Event("dropped", {"count": count})
         return self._events.popleft()
 
+    async def batch(self, linger: float) -> list[Event]:
+        """The next event and all that arrive within ``linger`` seconds after it: a reader
+        that sends each batch as one write costs the gateway a handful of writes a second,
+        however many requests it answers."""
+        first = await self.next()
+        if linger > 0:
+            await asyncio.sleep(linger)
+        events = [first]
+        while self._events or self.dropped:
+            events.append(await self.next())
+        return events
+
     def close(self) -> None:
         self._bus._subscribers.discard(self)
 
@@ -90,10 +102,12 @@ class EventBus:
         self._subscribers.add(subscription)
         return subscription
 
-    async def stream(self, subscription: Subscription) -> AsyncGenerator[Event, None]:
-        """Events as they come; closes the subscription however the reader leaves."""
+    async def stream(self, subscription: Subscription,
+                     linger: float = 0.0) -> AsyncGenerator[list[Event], None]:
+        """Batches of events as they come (see :meth:`Subscription.batch`); closes the
+        subscription however the reader leaves."""
         try:
             while True:
-                yield await subscription.next()
+                yield await subscription.batch(linger)
         finally:
             subscription.close()

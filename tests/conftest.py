@@ -12,7 +12,7 @@ import pytest
 from runner.models import resolve_source
 from runner.payloads import packaged_variants
 from runner.settings import DEFAULT_MODEL, Settings
-from tests.fakes.registry import FakeRegistry
+from tests.fakes.registry import MODEL, FakeRegistry
 
 FAKE_RUNNER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 
@@ -54,6 +54,14 @@ def python() -> str:
 def registry() -> Iterator[FakeRegistry]:
     """A fault-injecting OCI registry on 127.0.0.1, stopped after the test."""
     with FakeRegistry() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(gemma_path: Path) -> Iterator[FakeRegistry]:
+    """A registry on 127.0.0.1 serving the real default model as library/tiny:latest."""
+    with FakeRegistry() as started:
+        started.add_model("library/tiny", "latest", [(MODEL, started.add_blob(gemma_path))])
         yield started
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.server import Served, gemma_models, start_server
-from tests.fakes.registry import MODEL, FakeRegistry
+from tests.fakes.registry import FakeRegistry
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,20 +27,13 @@ ROW = 'tr[data-runner="gemma3:270m"]'
 
 
 @pytest.fixture(scope="module")
-def registry(gemma_path: Path) -> Iterator[FakeRegistry]:
-    with FakeRegistry() as fake:
-        fake.add_model("library/tiny", "latest", [(MODEL, fake.add_blob(gemma_path))])
-        fake.rate = 100e6  # a pull that takes a few seconds, so its progress shows
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
-           registry: FakeRegistry) -> Iterator[Served]:
+           tiny_registry: FakeRegistry) -> Iterator[Served]:
+    tiny_registry.rate = 100e6  # a pull that takes a few seconds, so its progress shows
     root = tmp_path_factory.mktemp("console")
     server = start_server(root, gemma_models(gemma_path), {
         "SWITCHBOARD_API_KEYS": KEY, "SWITCHBOARD_HOME": str(root / "home"),
-        "SWITCHBOARD_REGISTRY": registry.host, "SWITCHBOARD_EVENTS_SAMPLE": "0.5s"})
+        "SWITCHBOARD_REGISTRY": tiny_registry.host, "SWITCHBOARD_EVENTS_SAMPLE": "0.5s"})
     yield server
     server.stop()
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.e2e.server import Served, gemma_models, start_server, wait_until
-from tests.fakes.registry import MODEL, FakeRegistry
+from tests.fakes.registry import FakeRegistry
 
 pytestmark = pytest.mark.usefixtures("real_variants")
 HI = [{"role": "user", "content": "Say hi"}]
@@ -20,18 +20,11 @@ FEW = {"num_predict": 6, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def registry(gemma_path: Path) -> Iterator[FakeRegistry]:
-    with FakeRegistry() as fake:
-        fake.add_model("library/tiny", "latest", [(MODEL, fake.add_blob(gemma_path))])
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path,
-           registry: FakeRegistry) -> Iterator[Served]:
+           tiny_registry: FakeRegistry) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("ollama")
     server = start_server(root, gemma_models(gemma_path), {
-        "SWITCHBOARD_HOME": str(root / "home"), "SWITCHBOARD_REGISTRY": registry.host})
+        "SWITCHBOARD_HOME": str(root / "home"), "SWITCHBOARD_REGISTRY": tiny_registry.host})
     yield server
     server.stop()
 

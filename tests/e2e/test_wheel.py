@@ -56,6 +56,8 @@ def test_the_wheel_is_for_this_platform_and_carries_the_payloads(wheel: Path) ->
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith("cpu/llama-server.gz") for n in names)
     assert "runner/templates/gemma.jinja" in names
+    console = {"gateway/ui/index.html", "gateway/ui/console.js", "gateway/ui/console.css"}
+    assert console <= set(names)
     assert not (wheel.parent.parent / "unused-cache").exists()
 
 
@@ -98,6 +100,7 @@ def test_a_fresh_venv_serves_a_chat_completion_without_compiling(
             "model": "gemma3:270m", "max_tokens": 4,
             "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 200, reply.text + log.read_text()
+        assert "console.js" in httpx.get(f"{url}/ui/", timeout=10).text  # shipped in the wheel
         (runner,) = [int(p) for p in subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         # The runner is the wheel's payload, extracted under our tmp; nothing was compiled.

@@ -43,7 +43,7 @@ async def test_a_reader_leaving_closes_its_subscription() -> None:
     reader = bus.stream(subscription)
 
     async def read_one() -> str:
-        return (await reader.__anext__()).kind
+        return (await reader.__anext__())[0].kind
 
     task = asyncio.create_task(read_one())
     await asyncio.sleep(0.01)
@@ -59,3 +59,22 @@ async def test_recent_requests_are_kept_for_late_subscribers_and_bounded() -> No
     for n in range(80):
         bus.publish("request", {"n": n})
     assert [e.data["n"] for e in bus.recent_requests] == list(range(30, 80))
+
+
+async def test_a_batch_gathers_what_arrives_while_it_lingers() -> None:
+    bus = EventBus()
+    subscription = bus.subscribe(size=5)
+
+    async def later() -> None:
+        await asyncio.sleep(0.01)
+        for n in range(1, 8):
+            bus.publish("queue", {"depth": n})
+
+    bus.publish("queue", {"depth": 0})
+    task = asyncio.create_task(later())
+    batch = await subscription.batch(linger=0.05)
+    await task
+    # The first, then the overflow notice, then the newest that fit the buffer.
+    assert [(e.kind, e.data) for e in batch][:2] == [("queue", {"depth": 0}),
+                                                    ("dropped", {"count": 2})]
+    assert [e.data["depth"] for e in batch[2:]] == [3, 4, 5, 6, 7]
