@@ -153,5 +153,6 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    drain.on_start.append(bus.close)
     app.state.drain = drain  # the CLI starts draining on SIGTERM
     return app

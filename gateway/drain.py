@@ -10,6 +10,7 @@ passes. Only then does the server stop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,11 +25,14 @@ class DrainState:
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
+        self.on_start: list[Callable[[], None]] = []  # e.g. end the open event streams
         self._idle = asyncio.Event()
         self._idle.set()
 
     def start(self) -> None:
         self.draining = True
+        for callback in self.on_start:
+            callback()
 
     async def wait_idle(self, grace: float) -> bool:
         """True once no request is in flight; False if ``grace`` seconds passed first."""
@@ -65,8 +69,8 @@ class Drain:
             await error.response(dialect_of(scope["path"]))(scope, receive, send)
             return
         if scope["path"] in _WATCHERS:
-            # Open until the client leaves: counting it would hold every shutdown for the
-            # whole grace period while a console is open.
+            # Open until the client leaves or the drain ends it (on_start): counting it would
+            # hold every shutdown for the whole grace period while a console is open.
             await self.app(scope, receive, send)
             return
         self.state.enter()

@@ -40,6 +40,7 @@ class Subscription:
         self._size = size
         self.logs = logs  # the runner key whose output lines this reader wants
         self.dropped = 0
+        self.closed = False
         self._ready = asyncio.Event()
 
     def offer(self, event: Event) -> None:
@@ -49,9 +50,12 @@ class Subscription:
         self._events.append(event)
         self._ready.set()
 
-    async def next(self) -> Event:
-        """The next event, or a ``dropped`` notice first after an overflow."""
+    async def next(self) -> Event | None:
+        """The next event, or a ``dropped`` notice first after an overflow; None once the bus
+        has closed."""
         while not self._events:
+            if self.closed:
+                return None
             self._ready.clear()
             await self._ready.wait()
         if self.dropped:
@@ -64,20 +68,29 @@ class Subscription:
         that sends each batch as one write costs the gateway a handful of writes a second,
         however many requests it answers."""
         first = await self.next()
+        if first is None:
+            return []
         if linger > 0:
             await asyncio.sleep(linger)
         events = [first]
         while self._events or self.dropped:
-            events.append(await self.next())
+            event = await self.next()
+            if event is not None:
+                events.append(event)
         return events
 
     def close(self) -> None:
         self._bus._subscribers.discard(self)
 
+    def _end(self) -> None:
+        self.closed = True
+        self._ready.set()
+
 
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._closed = False
         self.recent_requests: deque[Event] = deque(maxlen=_RECENT_REQUESTS)
 
     @property
@@ -100,14 +113,23 @@ class EventBus:
     def subscribe(self, size: int = DEFAULT_BUFFER, logs: str | None = None) -> Subscription:
         subscription = Subscription(self, size, logs)
         self._subscribers.add(subscription)
+        if self._closed:
+            subscription._end()
         return subscription
+
+    def close(self) -> None:
+        """End every subscription once its buffered events are read (the server is going):
+        an open console must not hold a shutdown for its grace period."""
+        self._closed = True
+        for subscriber in list(self._subscribers):
+            subscriber._end()
 
     async def stream(self, subscription: Subscription,
                      linger: float = 0.0) -> AsyncGenerator[list[Event], None]:
-        """Batches of events as they come (see :meth:`Subscription.batch`); closes the
-        subscription however the reader leaves."""
+        """Batches of events as they come (see :meth:`Subscription.batch`) until the bus
+        closes; closes the subscription however the reader leaves."""
         try:
-            while True:
-                yield await subscription.batch(linger)
+            while batch := await subscription.batch(linger):
+                yield batch
         finally:
             subscription.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -155,3 +156,22 @@ def test_a_stream_waiting_for_a_slow_load_gets_pings_and_succeeds(served: Served
     load_ms = float(timing.split("load;dur=")[1])
     assert load_ms >= SLOW_LOAD * 1000 * 0.9
     assert lines[-1] == "data: [DONE]"
+
+
+def test_an_open_event_stream_ends_on_sigterm_without_holding_the_shutdown(
+    tmp_path: Path, fake_runner: Path
+) -> None:
+    dummy = tmp_path / "dummy.gguf"
+    write_empty_gguf(dummy)
+    server = start_server(tmp_path, {"fake": {"source": str(dummy)}}, {
+        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system"})
+    with httpx.stream("GET", f"{server.url}/api/events", timeout=30) as response:
+        lines = response.iter_lines()
+        next(lines)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        rest = list(lines)  # ends when the drain closes the bus, not at the 30 s grace
+        ended = time.monotonic() - started
+    assert server.proc.wait(20) == 0
+    assert ended < 10, rest
+    assert "Traceback" not in server.log_text()

@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from runner.events import EventBus
+from runner.events import Event, EventBus
+
+
+def _data(event: Event | None) -> dict[str, object]:
+    assert event is not None
+    return event.data
 
 
 async def test_events_reach_every_subscriber_in_order() -> None:
@@ -14,7 +19,7 @@ async def test_events_reach_every_subscriber_in_order() -> None:
     for n in range(3):
         bus.publish("queue", {"depth": n})
     for subscription in (first, second):
-        assert [(await subscription.next()).data["depth"] for _ in range(3)] == [0, 1, 2]
+        assert [_data(await subscription.next())["depth"] for _ in range(3)] == [0, 1, 2]
 
 
 async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told_how_many() -> None:
@@ -25,15 +30,15 @@ async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told_how_many() 
         bus.publish("queue", {"depth": n})
     assert time.perf_counter() - started < 1.0
     notice = await slow.next()
-    assert notice.kind == "dropped" and notice.data == {"count": 9_990}
-    assert [(await slow.next()).data["depth"] for _ in range(10)] == list(range(9_990, 10_000))
+    assert notice is not None and notice.kind == "dropped" and notice.data == {"count": 9_990}
+    assert [_data(await slow.next())["depth"] for _ in range(10)] == list(range(9_990, 10_000))
 
 
 async def test_log_lines_go_only_to_subscribers_of_that_runner() -> None:
     bus = EventBus()
     of_a, of_b, neither = bus.subscribe(logs="a"), bus.subscribe(logs="b"), bus.subscribe()
     bus.publish("log", {"runner": "a", "line": "hello"})
-    assert (await of_a.next()).data["line"] == "hello"
+    assert _data(await of_a.next())["line"] == "hello"
     assert not of_b._events and not neither._events
 
 
@@ -78,3 +83,15 @@ async def test_a_batch_gathers_what_arrives_while_it_lingers() -> None:
     assert [(e.kind, e.data) for e in batch][:2] == [("queue", {"depth": 0}),
                                                     ("dropped", {"count": 2})]
     assert [e.data["depth"] for e in batch[2:]] == [3, 4, 5, 6, 7]
+
+
+async def test_closing_the_bus_ends_every_stream_after_what_it_holds() -> None:
+    bus = EventBus()
+    subscription = bus.subscribe()
+    bus.publish("queue", {"depth": 1})
+    bus.close()
+    batches = [batch async for batch in bus.stream(subscription)]
+    assert [[e.kind for e in batch] for batch in batches] == [["queue"]]
+    assert bus.subscribers == 0
+    late = bus.subscribe()
+    assert await late.next() is None  # a stream opened while the server drains ends at once

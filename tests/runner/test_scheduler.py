@@ -667,6 +667,7 @@ async def test_scheduler_publishes_a_load_unload_cycle_in_order(tmp_path: Path) 
     seen = []
     while watching._events:
         event = await watching.next()
+        assert event is not None
         seen.append((event.kind, event.data.get("state", event.data.get("depth",
                                                                           event.data.get("line")))))
     assert seen == [("queue", 1), ("runner", "starting"), ("runner", "ready"), ("queue", 0),
