@@ -13,6 +13,7 @@ response byte arrived is retried once on a fresh one: the runner never saw that 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
+        self.last_data = 0.0
         self._headers_done = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
 
@@ -68,6 +70,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        self.last_data = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -132,12 +135,16 @@ class _Connection(asyncio.Protocol):
     async def wait_headers(self) -> None:
         await self._headers_done
 
-    def _idle(self, seconds: float) -> None:
+    def idle(self, seconds: float) -> None:
         self._abort(UpstreamIdleError(f"runner sent nothing for {seconds:g} s"))
 
-    async def next_chunk(self, idle_timeout: float | None = None) -> bytes | None:
-        """The next body piece, or None at the end; raises UpstreamError on a broken stream,
-        and UpstreamIdleError (closing the connection) after ``idle_timeout`` s of silence."""
+    @property
+    def holding(self) -> bool:
+        """Bytes are waiting for the reader, or reading is paused for it: no silence then."""
+        return bool(self._chunks) or self._paused
+
+    async def next_chunk(self) -> bytes | None:
+        """The next body piece, or None at the end; raises UpstreamError on a broken stream."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -150,24 +157,41 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             if self.complete:
                 return None
-            loop = asyncio.get_running_loop()
-            self._waiter = loop.create_future()
-            # Armed only when there is nothing to hand out yet: a token stream rarely waits
-            # long, and a timer per chunk already buffered would be work for nothing.
-            timer = None
-            if idle_timeout:
-                timer = loop.call_later(idle_timeout, self._idle, idle_timeout)
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
+
+
+class _IdleWatchdog:
+    """Aborts a body whose runner has been silent for ``seconds``. One timer per stream,
+    re-armed from the time of the last byte when it fires, rather than one per chunk: a token
+    stream's every chunk would otherwise create and cancel a timer on the relay's hot path."""
+
+    def __init__(self, conn: _Connection, seconds: float) -> None:
+        self._conn = conn
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        conn.last_data = time.monotonic()  # the head just came: silence counts from here
+        self._handle = self._loop.call_later(seconds, self._check)
+
+    def _check(self) -> None:
+        silent = time.monotonic() - self._conn.last_data
+        if self._conn.holding:  # a slow client, not a silent runner
+            self._handle = self._loop.call_later(self._seconds, self._check)
+        elif silent >= self._seconds:
+            self._conn.idle(self._seconds)
+        else:
+            self._handle = self._loop.call_later(self._seconds - silent, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 class UpstreamResponse:
@@ -188,12 +212,18 @@ class UpstreamResponse:
         return None
 
     async def chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives; ``idle_timeout`` bounds each silence (see next_chunk)."""
+        """The body as it arrives; after ``idle_timeout`` s without a byte from the runner it
+        raises UpstreamIdleError and closes the connection."""
         conn = self._conn
         if conn is None:
             return
-        while (chunk := await conn.next_chunk(idle_timeout)) is not None:
-            yield chunk
+        watchdog = _IdleWatchdog(conn, idle_timeout) if idle_timeout else None
+        try:
+            while (chunk := await conn.next_chunk()) is not None:
+                yield chunk
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])

@@ -194,6 +194,32 @@ async def test_upstream_silence_mid_body_past_the_idle_timeout_closes_the_connec
         response.release()
 
 
+async def test_upstream_idle_timeout_spares_a_slow_reader_with_chunks_waiting(
+    pool: UpstreamPool,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\none\r\n3\r\ntwo\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.45)  # silent past the timeout, while "two" waits unread
+        writer.write(b"5\r\nthree\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        received: list[bytes] = []
+        with pytest.raises(UpstreamIdleError):
+            async for chunk in response.chunks(idle_timeout=0.2):
+                received.append(chunk)
+                if chunk == b"one":
+                    await asyncio.sleep(0.5)  # a slow client: "two" waits to be read
+        # Not cut off while a chunk waited for the reader, so "three" still came.
+        assert received == [b"one", b"two", b"three"]
+        response.release()
+
+
 async def test_upstream_never_opens_more_than_limit_connections(pool: UpstreamPool) -> None:
     gate = asyncio.Event()
     open_now = 0
