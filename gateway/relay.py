@@ -201,7 +201,7 @@ class Relay:
         settings = state.settings
         return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
                    options, state.metrics, settings.stream_idle_timeout or None,
-                   dialect_of(request.url.path), translation, settings.load_ping or None)
+                   dialect_of(request.scope["path"]), translation, settings.load_ping or None)
 
     def __init__(
         self,
@@ -237,7 +237,7 @@ class Relay:
         self._translation = translation
         # Pings are SSE comments: only SSE streams get them (Ollama's NDJSON has no comments).
         self._load_ping = load_ping if stream and (
-            not isinstance(translation, StreamTranslation) or translation.media_type == _SSE
+            translation is None or getattr(translation, "media_type", None) == _SSE
         ) else None
         self._timing: list[tuple[bytes, bytes]] = []
         self._head_sent = False
@@ -323,7 +323,8 @@ class Relay:
         try:
             if upstream.status >= 400 or not self._stream:
                 await self._send_whole(lease, upstream, send)
-            elif isinstance(self._translation, StreamTranslation):
+            elif self._translation is not None and isinstance(self._translation,
+                                                              StreamTranslation):
                 await self._send_translated(lease, upstream, send, self._translation)
             else:
                 await self._send_stream(lease, upstream, send)
