@@ -34,6 +34,7 @@ async def _serve(settings: Settings, listener: int) -> None:
     from hypercorn.config import Config
 
     from gateway.app import create_app
+    from gateway.splice import ExposeServerSend
 
     config = Config()
     config.bind = [f"fd://{listener}"]  # hypercorn owns (and closes) the bound socket
@@ -66,7 +67,8 @@ async def _serve(settings: Settings, listener: int) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve(ExposeServerSend(app), config,  # type: ignore[arg-type]
+                shutdown_trigger=stop.wait)
 
 
 def _is_loopback(host: str) -> bool:

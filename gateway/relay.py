@@ -31,6 +31,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.payload import take_keep_alive
+from gateway.splice import chunked_writer
 from gateway.upstream import UpstreamBusyError, UpstreamError, UpstreamPool, UpstreamResponse
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
@@ -242,9 +243,11 @@ class Relay:
         self._timing: list[tuple[bytes, bytes]] = []
         self._head_sent = False
         self._state: dict[str, Any] | None = None
+        self._scope: Scope | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._state = scope.get("state")
+        self._scope = scope
         if self._state is not None:
             self._state["model"] = self._model  # for the access log and the console
         started = time.perf_counter()
@@ -388,8 +391,19 @@ class Relay:
         rewrite = _model_rewriter(lease)
         pending = b""
         stats = b""  # the last event with token counts: counted once, when the stream ends
+        forward = None
+        write = chunked_writer(self._scope) if rewrite is None and self._scope else None
+        if write is not None:
+            def forward(chunk: bytes) -> bool:
+                # Straight to the client (gateway.splice) unless it needs more than counting.
+                nonlocal stats
+                if chunk.startswith(_SSE_ERROR_PREFIX) or chunk.startswith(b"error:"):
+                    return False
+                if b'"timings"' in chunk or b'"usage"' in chunk:
+                    stats = chunk
+                return write(chunk)
         try:
-            async for chunk in upstream.chunks(self._idle_timeout):
+            async for chunk in upstream.chunks(self._idle_timeout, forward):
                 if b'"timings"' in chunk or b'"usage"' in chunk:
                     stats = chunk
                 if rewrite is not None:

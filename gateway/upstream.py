@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -62,6 +62,9 @@ class _Connection(asyncio.Protocol):
         self.last_data = 0.0
         self._headers_done = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
+        # Takes body pieces as they are parsed, with no task woken (gateway.splice); False
+        # means it took nothing, and that piece and the rest queue for next_chunk().
+        self.forward: Callable[[bytes], bool] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +94,11 @@ class _Connection(asyncio.Protocol):
             self._headers_done.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        forward = self.forward
+        if forward is not None and not self._chunks:
+            if forward(body):
+                return
+            self.forward = None
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -211,17 +219,27 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def chunks(self, idle_timeout: float | None = None,
+                     forward: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
         """The body as it arrives; after ``idle_timeout`` s without a byte from the runner it
-        raises UpstreamIdleError and closes the connection."""
+        raises UpstreamIdleError and closes the connection. Pieces that ``forward`` takes, as
+        they are parsed, are not yielded; one it refuses is, and so is every piece after it
+        until the queue is empty again with the caller back for more: ``forward`` writes only
+        while nothing queued or yielded is still on its way, so the order holds."""
         conn = self._conn
         if conn is None:
             return
         watchdog = _IdleWatchdog(conn, idle_timeout) if idle_timeout else None
         try:
-            while (chunk := await conn.next_chunk()) is not None:
+            while True:
+                if not conn.holding:
+                    conn.forward = forward
+                chunk = await conn.next_chunk()
+                if chunk is None:
+                    return
                 yield chunk
         finally:
+            conn.forward = None
             if watchdog is not None:
                 watchdog.cancel()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -27,6 +28,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Itera
         "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},
         "erring": {"source": str(dummy), "args": ["--fake-mode", "error-line"]},
         "garbled": {"source": str(dummy), "args": ["--fake-mode", "garbled"]},
+        "flood": {"source": str(dummy), "args": ["--fake-mode", "flood"]},
         "stuck": {"source": str(dummy), "args": ["--fake-mode", "hang-mid-stream",
                                                  "--fake-marker", str(root / "stuck-left")]},
     }
@@ -100,3 +102,23 @@ def test_a_runner_answer_that_cannot_be_translated_is_a_clean_error(served: Serv
     assert response.status_code == 200
     assert "cannot be translated" in lines[-1] and lines[-1].startswith('{"error"')
     assert httpx.get(f"{served.url}/health", timeout=5).status_code == 200
+
+
+def test_a_client_that_reads_late_gets_a_flooding_stream_whole_and_in_order(
+        served: Served) -> None:
+    # 20,000 events (about 23 MB) arrive far faster than this client reads: relayed chunks
+    # are written straight to its connection (gateway.splice) only while little is unsent,
+    # then go through ASGI, which waits for it. Either way none may be lost or reordered.
+    body = {"model": "flood", "messages": HI, "stream": True}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body,
+                      timeout=30) as response:
+        assert response.status_code == 200
+        time.sleep(1.0)  # the gateway's and the kernel's buffers fill meanwhile
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    contents = [orjson.loads(line[6:])["choices"][0]["delta"]["content"] for line in lines[:-1]]
+    assert contents == [f"{i} " for i in range(20_000)]
+    # The connection is still good for the next request on the same gateway.
+    reply = httpx.post(f"{served.url}/v1/chat/completions",
+                       json={"model": "flood", "messages": HI}, timeout=30)
+    assert reply.json()["choices"][0]["message"]["content"] == "fake reply"

@@ -11,6 +11,7 @@ Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load) 
   hang-mid-stream  sends one chunk of a stream, then nothing, while /health still answers;
                    touches the --fake-marker file once the client closes the connection
   garbled          answers 200 with a body that is not JSON, and streams events that are not
+  flood            streams 20,000 events of 1 kB, content "0 ", "1 ", ..., as fast as it can
   bind-fail-once   the first launch fails like llama-server does when its port was taken
                    (remembered by a marker file given with --fake-marker), later ones serve
 """
@@ -97,6 +98,16 @@ def main() -> None:
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            if args.fake_mode == "flood":  # more than the socket buffers hold unread
+                for i in range(20_000):
+                    event = {**base, "object": "chat.completion.chunk", "pad": "." * 1000,
+                             "choices": [
+                        {"index": 0, "finish_reason": None, "delta": {"content": f"{i} "}}]}
+                    data = f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                done = b"data: [DONE]\n\n"
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+                return
             for i, word in enumerate(["fake ", "stream ", "reply"]):
                 event = {**base, "object": "chat.completion.chunk", "choices": [
                     {"index": 0, "finish_reason": None, "delta": {"content": word}}]}

@@ -91,6 +91,7 @@ async def test_upstream_retries_a_stale_idle_connection_once(pool: UpstreamPool)
         first.release()
         await asyncio.sleep(0.05)  # the server has closed its end by now
         second = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        await asyncio.sleep(0.1)  # both pieces arrive before anyone reads this body
         assert await second.read() == b"one"
         second.release()
         assert server.connections == 2
@@ -345,3 +346,64 @@ async def test_waiters_beyond_the_queue_bound_are_refused_at_once() -> None:
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+def _chunked_pieces(*pieces: bytes, gap: float = 0.03) -> Handler:
+    """A runner that streams ``pieces`` ``gap`` s apart, then ends, on one keep-alive
+    connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for piece in pieces:
+                await writer.drain()
+                await asyncio.sleep(gap)  # after the head too: the reader is waiting by then
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    return handler
+
+
+async def test_upstream_forward_never_overtakes_a_piece_it_refused(pool: UpstreamPool) -> None:
+    out: list[tuple[str, bytes]] = []  # what reached the client, in order, and which way
+
+    def forward(piece: bytes) -> bool:
+        if piece == b"two":
+            return False  # as when the client's buffer is full
+        out.append(("forwarded", piece))
+        return True
+
+    pieces = (b"one", b"two", b"three", b"four", b"five", b"six")  # at 0.1, 0.2, ... 0.6 s
+    async with Server(_chunked_pieces(*pieces, gap=0.1)) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        async for piece in response.chunks(forward=forward):
+            if piece in (b"two", b"three"):
+                await asyncio.sleep(0.17)  # slow to send these: later pieces arrive meanwhile
+            out.append(("yielded", piece))
+        response.release()
+    # "three" came while "two" was on its way, "four" and "five" while "three" was: each had
+    # to queue behind it. By "six" nothing was pending, and forwarding resumed.
+    assert out == [("forwarded", b"one"), ("yielded", b"two"), ("yielded", b"three"),
+                   ("yielded", b"four"), ("yielded", b"five"), ("forwarded", b"six")]
+
+
+async def test_upstream_forward_does_not_outlive_its_exchange(pool: UpstreamPool) -> None:
+    taken: list[bytes] = []
+
+    def forward(piece: bytes) -> bool:
+        taken.append(piece)
+        return True
+
+    async with Server(_chunked_pieces(b"one", b"two")) as server:
+        first = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        assert [piece async for piece in first.chunks(forward=forward)] == []
+        first.release()
+        # The same connection, reused: its next body must not go to the last client.
+        second = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        await asyncio.sleep(0.1)  # both pieces arrive before anyone reads this body
+        assert [piece async for piece in second.chunks()] == [b"one", b"two"]
+        second.release()
+        assert server.connections == 1
+    assert taken == [b"one", b"two"]
