@@ -235,6 +235,35 @@ async def stream_once(target: Target, body: bytes) -> tuple[float, float, int]:
     return first, time.perf_counter() - started - first, events
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(on-CPU, system) seconds of ``pid``'s threads so far: the first from schedstat, in ns,
+    the second from stat, in clock ticks (10 ms: only a share over many tokens)."""
+    on_cpu = sum(int((task / "schedstat").read_text().split()[0])
+                 for task in Path(f"/proc/{pid}/task").iterdir())
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return on_cpu / 1e9, int(fields[12]) / _TICK
+
+
+def per_token_cpu(board: Peer, streams: int, tokens: int,
+                  interval: float) -> list[tuple[float, float]]:
+    """(on-CPU, system) seconds the gateway spent per relayed token, one pair per stream;
+    ``board`` must front the stub runner."""
+    body = orjson.dumps({"model": MODEL, "stream": True, "max_tokens": tokens,
+                         "stub_interval": interval,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    uvloop.run(stream_once(board.target(), body))  # load the runner, warm the path
+    per_token: list[tuple[float, float]] = []
+    for _ in range(streams):
+        cpu0, sys0 = cpu_seconds(board.pid)
+        _, _, events = uvloop.run(stream_once(board.target(), body))
+        cpu1, sys1 = cpu_seconds(board.pid)
+        per_token.append(((cpu1 - cpu0) / events, (sys1 - sys0) / events))
+    return per_token
+
+
 class ChildCounter:
     """Counts the distinct runner processes a server starts while it is watched."""
 
@@ -409,6 +438,9 @@ def run_all(quick: bool) -> Results:
             rps16 = throughput["switchboard"][16]
             results.target(rps16 >= 2000, f"throughput at 16 clients {rps16:.0f} req/s "
                                           "(target 2,000)")
+            # What each streamed token costs the gateway, tokens spaced as the model's are.
+            relay = per_token_cpu(board, 3 if quick else 8, 256, 0.013)
+            results.samples["relay_cpu_per_token_stub"] = relay
             loaded_rss = rss(board.pid, "VmHWM")
             results.samples["gateway_rss"] = {"idle": idle_rss, "peak_under_load": loaded_rss}
             results.target(loaded_rss <= 100 << 20,
@@ -437,14 +469,22 @@ def run_all(quick: bool) -> Results:
             results.rows["streaming"] = []
             streams: dict[str, list[tuple[float, float, int]]] = {p.name: [] for p in peers}
             tokens = 64 if quick else 256
-            for _ in range(2 if quick else 5):
+            gateway_cpu: list[float] = []  # on-CPU seconds per token, switchboard's streams
+            # One peer's rate varies by 15 to 25% between runs here: 5 rounds left the
+            # median's own error near the 1% being measured.
+            for _ in range(2 if quick else 12):
                 for peer in peers:
                     body = orjson.dumps({
                         "model": peer.model, "stream": True, "max_tokens": tokens,
                         "temperature": 0, "ignore_eos": True,
                         "messages": [{"role": "user", "content": "Tell me a story."}]})
-                    streams[peer.name].append(uvloop.run(stream_once(peer.target(), body)))
+                    before = cpu_seconds(board.pid)[0]
+                    sample = uvloop.run(stream_once(peer.target(), body))
+                    if peer is board:
+                        gateway_cpu.append((cpu_seconds(board.pid)[0] - before) / sample[2])
+                    streams[peer.name].append(sample)
             results.samples["streaming"] = streams
+            results.samples["streaming_gateway_cpu_per_token"] = gateway_cpu
             rates = {name: statistics.median(e / s for _, s, e in runs)
                      for name, runs in streams.items()}
             for name, runs in streams.items():
@@ -615,6 +655,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _relay_cpu_lines(samples: dict[str, Any]) -> list[str]:
+    on_model = samples.get("streaming_gateway_cpu_per_token")
+    on_stub = samples.get("relay_cpu_per_token_stub")
+    if not on_model or not on_stub:
+        return []
+    return [f"switchboard's gateway process spent a median "
+            f"{statistics.median(on_model) * 1e6:.0f} µs of CPU per relayed token on these "
+            f"streams, and {statistics.median(c for c, _ in on_stub) * 1e6:.0f} µs in front "
+            "of the stub sending a token every 13 ms (`python -m bench.relay_cpu`).", ""]
+
+
 def write_markdown(results: Results, path: Path) -> None:
     m = results.machine
     parts = [
@@ -650,6 +701,7 @@ def write_markdown(results: Results, path: Path) -> None:
         "## 2. Streaming (256 tokens, ignore_eos)", "",
         table(["peer", "time to first token ms", "tokens/s", "range", "x direct"],
               results.rows.get("streaming", [])), "",
+        *_relay_cpu_lines(results.samples),
         "## 3. Throughput through the gateway (stub upstream, req/s)", "",
         table(["clients", "direct", "switchboard", "ratio"], results.rows.get("throughput", [])),
         "",

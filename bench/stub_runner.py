@@ -5,7 +5,9 @@ Launchable as a runner (it takes llama-server's flags and honours ``LLAMA_API_KE
 switchboard can start it with ``SWITCHBOARD_LLAMA_SERVER``; router mode and direct calls use it
 the same way. Canned replies: a chat or text completion, or with ``"stream": true`` one SSE
 event per token up to ``max_tokens`` (default 8), then ``[DONE]``. uvloop + httptools: a few
-microseconds a request, so the proxy's cost is what remains.
+microseconds a request, so the proxy's cost is what remains. A streamed request may carry
+``"stub_interval": SECONDS``: its tokens then go out one write each, that far apart, the way
+a model's do (all at once, a proxy reads them in one go and its per-token cost hides).
 """
 
 from __future__ import annotations
@@ -89,11 +91,12 @@ class Stub(asyncio.Protocol):
         request = orjson.loads(self.body) if self.body else {}
         chat = path == b"/v1/chat/completions"
         if request.get("stream"):
-            self._stream(int(request.get("max_tokens") or 8), chat)
+            self._stream(int(request.get("max_tokens") or 8), chat,
+                         float(request.get("stub_interval") or 0))
         else:
             self.transport.write(_response(b"200 OK", _completion(self.model, chat)))
 
-    def _stream(self, tokens: int, chat: bool) -> None:
+    def _stream(self, tokens: int, chat: bool, interval: float) -> None:
         assert self.transport is not None
         head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")
@@ -102,11 +105,24 @@ class Stub(asyncio.Protocol):
         event = b"data: " + orjson.dumps({"id": "stub", "object": "chat.completion.chunk",
                                            "model": self.model, "choices": [delta]}) + b"\n\n"
         done = b"data: [DONE]\n\n"
-        parts = [head]
-        for _ in range(tokens):
-            parts.append(f"{len(event):x}\r\n".encode() + event + b"\r\n")
-        parts.append(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
-        self.transport.write(b"".join(parts))
+        chunk = f"{len(event):x}\r\n".encode() + event + b"\r\n"
+        tail = f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n"
+        if interval <= 0:
+            self.transport.write(b"".join([head, chunk * tokens, tail]))
+            return
+        self.transport.write(head)
+        transport, loop = self.transport, asyncio.get_running_loop()
+
+        def tick(left: int) -> None:
+            if transport.is_closing():
+                return
+            if left == 0:
+                transport.write(tail)
+                return
+            transport.write(chunk)
+            loop.call_later(interval, tick, left - 1)
+
+        loop.call_later(interval, tick, tokens)
 
 
 async def serve(host: str, port: int, model: str) -> None:
