@@ -55,6 +55,7 @@ _SSE = b"text/event-stream"
 _SSE_HEAD = [(b"content-type", _SSE), (b"cache-control", b"no-cache"),
              (b"x-accel-buffering", b"no")]
 _SSE_ERROR_PREFIX = b'data: {"error"'
+_ERROR_EVENTS = (_SSE_ERROR_PREFIX, b"error:")  # the second: older llama-servers' error lines
 _HOST = "127.0.0.1"
 WATCH_AFTER = 0.005  # seconds before an exchange starts watching for its client to leave
 # What a translation raises on an answer it cannot read (orjson's errors are ValueErrors).
@@ -397,7 +398,7 @@ class Relay:
             def forward(chunk: bytes) -> bool:
                 # Straight to the client (gateway.splice) unless it needs more than counting.
                 nonlocal stats
-                if chunk.startswith(_SSE_ERROR_PREFIX) or chunk.startswith(b"error:"):
+                if chunk.startswith(_ERROR_EVENTS):
                     return False
                 if b'"timings"' in chunk or b'"usage"' in chunk:
                     stats = chunk
@@ -413,7 +414,7 @@ class Relay:
                     if cut < 2:
                         continue
                     chunk, pending = pending[:cut].replace(*rewrite), pending[cut:]
-                if chunk.startswith(_SSE_ERROR_PREFIX) or chunk.startswith(b"error:"):
+                if chunk.startswith(_ERROR_EVENTS):
                     chunk = self._normalise_event(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = pending
