@@ -478,7 +478,7 @@ def run_all(quick: bool) -> Results:
                         "model": peer.model, "stream": True, "max_tokens": tokens,
                         "temperature": 0, "ignore_eos": True,
                         "messages": [{"role": "user", "content": "Tell me a story."}]})
-                    before = cpu_seconds(board.pid)[0]
+                    before = cpu_seconds(board.pid)[0] if peer is board else 0.0
                     sample = uvloop.run(stream_once(peer.target(), body))
                     if peer is board:
                         gateway_cpu.append((cpu_seconds(board.pid)[0] - before) / sample[2])
