@@ -36,26 +36,33 @@ def chat_body(model: str, max_tokens: int = 1, stream: bool = False) -> bytes:
                          "max_tokens": max_tokens, "temperature": 0, "stream": stream})
 
 
-async def one(pool: UpstreamPool, target: Target, body: bytes, limit: int) -> float:
-    """Seconds for one request, response read to the end; raises on a non-200."""
+async def one(pool: UpstreamPool, target: Target, body: bytes,
+              limit: int) -> tuple[float, bytes]:
+    """Seconds for one request, response read to the end, and its body; raises on a
+    non-200."""
     host, port = target.address
     headers = [(b"Content-Type", b"application/json"), *target.headers]
     started = time.perf_counter()
     response = await pool.request(host, port, b"POST", target.path, headers, body, limit=limit)
     try:
-        await response.read()
+        answer = await response.read()
     finally:
         response.release()
+    seconds = time.perf_counter() - started
     if response.status != 200:
         raise RuntimeError(f"{target.url} answered {response.status}")
-    return time.perf_counter() - started
+    return seconds, answer
 
 
 async def run(
-    target: Target, body: bytes, requests: int, clients: int
+    target: Target, body: bytes, requests: int, clients: int, pool: UpstreamPool | None = None,
+    answers: list[bytes] | None = None,
 ) -> tuple[list[float], float]:
-    """(per-request seconds, wall seconds) for ``requests`` spread over ``clients`` workers."""
-    pool = UpstreamPool()
+    """(per-request seconds, wall seconds) for ``requests`` spread over ``clients`` workers;
+    on ``pool``'s open connections when given (the caller closes it), else on new ones. The
+    bodies go to ``answers``, in the order of the latencies, when given."""
+    own = pool is None
+    pool = pool or UpstreamPool()
     latencies: list[float] = []
     remaining = requests
 
@@ -63,13 +70,17 @@ async def run(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            latencies.append(await one(pool, target, body, clients))
+            seconds, answer = await one(pool, target, body, clients)
+            latencies.append(seconds)
+            if answers is not None:
+                answers.append(answer)
 
     started = time.perf_counter()
     try:
         await asyncio.gather(*(worker() for _ in range(clients)))
     finally:
-        pool.close()
+        if own:
+            pool.close()
     return latencies, time.perf_counter() - started
 
 

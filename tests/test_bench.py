@@ -9,7 +9,17 @@ from pathlib import Path
 import uvloop
 
 from bench.load import Target, chat_body, percentile, run
-from bench.peers import Results, profile_shares, write_chart, write_markdown
+from bench.peers import (
+    Peer,
+    Results,
+    llama_version,
+    outside_compute,
+    profile_shares,
+    start_floor,
+    write_chart,
+    write_markdown,
+)
+from gateway.upstream import UpstreamPool
 from tests.e2e.server import free_port
 
 STUB = Path(__file__).parent.parent / "bench" / "stub_runner.py"
@@ -60,3 +70,55 @@ def test_results_render_as_markdown_and_a_chart(tmp_path: Path) -> None:
     assert "| h11 | 75% |" in text and "| gateway | 25% |" in text  # idle samples left out
     write_chart(results, tmp_path / "b.png")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_model_latency_less_its_reported_compute_subtracts_prompt_and_generation() -> None:
+    answers = [b'{"timings":{"prompt_ms":20.0,"predicted_ms":5.0}}', b'{"choices":[]}']
+    outside = outside_compute([0.030, 0.010], answers)
+    assert abs(outside[0] - 0.005) < 1e-9  # 30 ms less 25 ms of reported compute
+    assert outside[1] == 0.010  # no timings: nothing to take off
+
+
+def test_the_llama_server_version_is_its_version_line(tmp_path: Path) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'version: 0.5.0-dev (build 1, commit 0c1e570)' >&2\n"
+                    "echo 'built with GNU 12.2.0 for Linux x86_64' >&2\n")
+    fake.chmod(0o755)
+    assert llama_version(fake) == "llama-server 0.5.0-dev (build 1, commit 0c1e570)"
+
+
+def test_the_floor_servers_answer_alone_and_through_one_hop(tmp_path: Path) -> None:
+    stub_port = free_port()
+    stub = subprocess.Popen([sys.executable, str(STUB), "--port", str(stub_port)],
+                            stderr=subprocess.PIPE)
+    floors: list[Peer] = []
+    try:
+        assert stub.stderr is not None and b"listening" in stub.stderr.readline()
+        upstream = Peer("direct", f"http://127.0.0.1:{stub_port}", "m", stub.pid, lambda: None)
+        floors = [start_floor("fixed", tmp_path, upstream),
+                  start_floor("relay", tmp_path, upstream)]
+
+        async def both() -> list[list[bytes]]:
+            found = []
+            for floor in floors:
+                pool = UpstreamPool()
+                answers: list[bytes] = []
+                try:
+                    for _ in range(2):  # two runs on one caller's pool, as added_latency does
+                        await run(floor.target(), chat_body("m"), 20, 2, pool, answers)
+                finally:
+                    pool.close()
+                found.append(answers)
+            return found
+
+        fixed, relayed = uvloop.run(both())
+        assert len(fixed) == len(relayed) == 40
+        assert b'"id":"floor"' in fixed[0]
+        assert b'"id":"floor"' not in relayed[0] and b"chat.completion" in relayed[0]
+    finally:
+        for floor in floors:
+            floor.stop()
+        stub.terminate()
+        stub.wait(10)
+        if stub.stderr is not None:
+            stub.stderr.close()
