@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A stand-in for llama-server that misbehaves on purpose (fault injection only).
 
-Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load) and
-``--fake-mode``:
+Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load),
+``--fake-silent`` (no "model loaded" line once it serves) and ``--fake-mode``:
   ok               healthy; canned chat completions, streamed in 3 chunks
   exit             prints an error and exits 3 at once
   hang             /health answers 503 forever
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--fake-marker")
     parser.add_argument("--fake-delay", type=float, default=0.0,
                         help="seconds of 'loading' before it listens")
+    parser.add_argument("--fake-silent", action="store_true",
+                        help="never print llama-server's 'model loaded' line")
     args, _ = parser.parse_known_args()
     print(f"fake llama-server mode={args.fake_mode} port={args.port}", flush=True)
     if args.fake_mode == "exit":
@@ -135,7 +137,10 @@ def main() -> None:
             done = b"data: [DONE]\n\n"
             self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
 
-    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    if args.fake_mode != "hang" and not args.fake_silent:
+        print("srv  llama_server: model loaded", flush=True)  # as llama-server says it
+    server.serve_forever()
 
 
 if __name__ == "__main__":

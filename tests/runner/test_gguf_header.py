@@ -84,3 +84,18 @@ def test_check_gguf_names_the_file_and_what_is_wrong(tmp_path: Path, gemma_path:
         check_gguf(truncated)
     check_gguf(gemma_path)  # whole: no complaint
     check_gguf(write_empty_gguf(tmp_path / "empty.gguf"))
+
+
+def test_read_header_parses_each_version_of_a_file_once(tmp_path: Path) -> None:
+    path = _write(tmp_path / "tiny.gguf")
+    first = read_header(path)
+    assert read_header(path) is first  # the same file: not parsed again on the next load
+    writer = GGUFWriter(str(tmp_path / "other.gguf"), "llama")
+    writer.add_string("general.name", "replaced")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    (tmp_path / "other.gguf").replace(path)  # as a pull or a copy would replace it
+    again = read_header(path)
+    assert again is not first and again.metadata["general.name"] == "replaced"

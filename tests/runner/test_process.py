@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runner import process
 from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract
 from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState, build_argv
@@ -141,6 +142,34 @@ async def test_runner_lost_port_race_retries_on_another_port(fake_runner: Path,
     try:
         assert marker.exists(), "the first launch must have failed to bind"
         assert runner.state is RunnerState.READY
+    finally:
+        await runner.stop()
+
+
+async def test_runner_is_ready_when_its_child_says_the_model_loaded_not_at_the_next_poll(
+        fake_runner: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No poll would come before the load timeout: only the child's line can make it ready.
+    monkeypatch.setattr(process, "_FAST_POLLING", 0.0)
+    monkeypatch.setattr(process, "_HEALTH_POLL_LATER", 60.0)
+    runner = _runner(_spec(tmp_path / "m.gguf", "--fake-delay", "0.3"), fake_runner,
+                     load_timeout=20.0)
+    await runner.start()
+    try:
+        assert runner.state is RunnerState.READY
+        assert runner.load_seconds < 10, "it waited out a poll instead of taking the line"
+    finally:
+        await runner.stop()
+
+
+async def test_runner_that_never_says_the_model_loaded_is_found_by_polling(
+        fake_runner: Path, tmp_path: Path) -> None:
+    # Past the half second of fast polls: found by the slower ones.
+    runner = _runner(_spec(tmp_path / "m.gguf", "--fake-silent", "--fake-delay", "0.8"),
+                     fake_runner, load_timeout=20.0)
+    await runner.start()
+    try:
+        assert runner.state is RunnerState.READY
+        assert not any("model loaded" in line for line in runner.output)
     finally:
         await runner.stop()
 
