@@ -57,7 +57,7 @@ _SSE_HEAD = [(b"content-type", _SSE), (b"cache-control", b"no-cache"),
 _SSE_ERROR_PREFIX = b'data: {"error"'
 _ERROR_EVENTS = (_SSE_ERROR_PREFIX, b"error:")  # the second: older llama-servers' error lines
 _HOST = "127.0.0.1"
-WATCH_AFTER = 0.005  # seconds before an exchange starts watching for its client to leave
+WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to leave
 # What a translation raises on an answer it cannot read (orjson's errors are ValueErrors).
 _UNTRANSLATABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
@@ -251,6 +251,33 @@ class Relay:
         self._scope = scope
         if self._state is not None:
             self._state["model"] = self._model  # for the access log and the console
+        task = asyncio.current_task()
+        assert task is not None
+        left: list[bool] = []
+        watchers: list[asyncio.Task[None]] = []
+
+        def watch() -> None:
+            watchers.append(asyncio.create_task(_cancel_on_disconnect(receive, task, left)))
+
+        # From the start, not once a runner is leased: a client that gives up while its
+        # request is queued or its model loads leaves the queue then, instead of being
+        # relayed to the runner later for nobody. Most stub-fast exchanges end within a few
+        # milliseconds, and a watcher task for each would be a fifth of the relay's CPU, so
+        # only requests still running after WATCH_AFTER get one.
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
+        try:
+            await self._lease_and_relay(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise  # shutdown, not the client
+            task.uncancel()
+            log.info("client left; cancelled its request for %s", self._model)
+        finally:
+            timer.cancel()
+            for watcher in watchers:
+                watcher.cancel()
+
+    async def _lease_and_relay(self, send: Send) -> None:
         started = time.perf_counter()
         pinger = _LoadPinger(send, self._load_ping) if self._load_ping else None
         try:
@@ -269,7 +296,7 @@ class Relay:
                         self._timing = [(b"server-timing", timing)]
                     if self._translation is not None:
                         self._translation.begin(lease, waited)
-                    await self._exchange(lease, receive, send)
+                    await self._forward(lease, send)
         except APIError as exc:
             if pinger is not None:
                 await pinger.stop()
@@ -283,31 +310,6 @@ class Relay:
         finally:
             if pinger is not None:
                 await pinger.stop()
-
-    async def _exchange(self, lease: Lease, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        left: list[bool] = []
-        watchers: list[asyncio.Task[None]] = []
-
-        def watch() -> None:
-            watchers.append(asyncio.create_task(_cancel_on_disconnect(receive, task, left)))
-
-        # Most stub-fast exchanges end within a few milliseconds; a watcher task for each
-        # would be a fifth of the relay's CPU. Only exchanges still running after
-        # WATCH_AFTER get one: a client that leaves is noticed that much later, at worst.
-        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
-        try:
-            await self._forward(lease, send)
-        except asyncio.CancelledError:
-            if not left:
-                raise  # shutdown, not the client
-            task.uncancel()
-            log.info("client left; cancelled its request on %s", lease.model)
-        finally:
-            timer.cancel()
-            for watcher in watchers:
-                watcher.cancel()
 
     async def _forward(self, lease: Lease, send: Send) -> None:
         headers = [
