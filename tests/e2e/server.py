@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.fakes.gguf import write_empty_gguf
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -146,3 +148,19 @@ def start_server(
         served.stop(signal.SIGKILL)
         raise RuntimeError(f"server not healthy in {timeout}s:\n{served.log_text()}")
     return served
+
+
+def start_fake_server(
+    root: Path,
+    fake_runner: Path,
+    models: dict[str, dict[str, Any]],
+    env: dict[str, str] | None = None,
+) -> Served:
+    """:func:`start_server` with the fault-injection runner for llama-server, each model on
+    one empty GGUF unless it names its own ``source``."""
+    dummy = root / "dummy.gguf"
+    write_empty_gguf(dummy)
+    return start_server(root, {name: {"source": str(dummy), **config}
+                               for name, config in models.items()}, {
+        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
+        **(env or {})})

@@ -10,20 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Served, start_server, wait_until
-from tests.fakes.gguf import write_empty_gguf
+from tests.e2e.server import Served, start_fake_server, wait_until
 
 SLOW_LOAD = 15.0  # seconds the model takes to become ready: far longer than the test waits
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("leaves")
-    dummy = root / "dummy.gguf"
-    write_empty_gguf(dummy)
-    server = start_server(root, {"slow": {"source": str(dummy),
-                                          "args": ["--fake-delay", str(SLOW_LOAD)]}}, {
-        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system"})
+    server = start_fake_server(tmp_path_factory.mktemp("leaves"), fake_runner,
+                               {"slow": {"args": ["--fake-delay", str(SLOW_LOAD)]}})
     yield server
     server.stop()
 

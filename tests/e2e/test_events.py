@@ -17,8 +17,7 @@ import openai
 import orjson
 import pytest
 
-from tests.e2e.server import Served, start_server, wait_until
-from tests.fakes.gguf import write_empty_gguf
+from tests.e2e.server import Served, start_fake_server, wait_until
 
 HI = [{"role": "user", "content": "hi"}]
 SLOW_LOAD = 20.0  # seconds the slow model takes to become ready
@@ -26,13 +25,9 @@ SLOW_LOAD = 20.0  # seconds the slow model takes to become ready
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("events")
-    dummy = root / "dummy.gguf"
-    write_empty_gguf(dummy)
-    models: dict[str, dict[str, Any]] = {"fake": {"source": str(dummy)},
-              "slow": {"source": str(dummy), "args": ["--fake-delay", str(SLOW_LOAD)]}}
-    server = start_server(root, models, {
-        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
+    models: dict[str, dict[str, Any]] = {
+        "fake": {}, "slow": {"args": ["--fake-delay", str(SLOW_LOAD)]}}
+    server = start_fake_server(tmp_path_factory.mktemp("events"), fake_runner, models, {
         "SWITCHBOARD_LOAD_PING": "1s", "SWITCHBOARD_EVENTS_SAMPLE": "0.2s",
         "SWITCHBOARD_EVENTS_PING": "1s"})
     yield server
@@ -164,10 +159,7 @@ def test_a_stream_waiting_for_a_slow_load_gets_pings_and_succeeds(served: Served
 def test_an_open_event_stream_ends_on_sigterm_without_holding_the_shutdown(
     tmp_path: Path, fake_runner: Path
 ) -> None:
-    dummy = tmp_path / "dummy.gguf"
-    write_empty_gguf(dummy)
-    server = start_server(tmp_path, {"fake": {"source": str(dummy)}}, {
-        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system"})
+    server = start_fake_server(tmp_path, fake_runner, {"fake": {}})
     with httpx.stream("GET", f"{server.url}/api/events", timeout=30) as response:
         lines = response.iter_lines()
         next(lines)

@@ -12,8 +12,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.e2e.server import Served, start_server, wait_until
-from tests.fakes.gguf import write_empty_gguf
+from tests.e2e.server import Served, start_fake_server, wait_until
 
 HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -21,20 +20,17 @@ HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("faults")
-    dummy = root / "dummy.gguf"
-    write_empty_gguf(dummy)
     models = {
-        "crashy": {"source": str(dummy), "args": ["--fake-mode", "crash-mid-stream"]},
-        "broken": {"source": str(dummy), "args": ["--fake-mode", "exit"]},
-        "erring": {"source": str(dummy), "args": ["--fake-mode", "error-line"]},
-        "garbled": {"source": str(dummy), "args": ["--fake-mode", "garbled"]},
-        "flood": {"source": str(dummy), "args": ["--fake-mode", "flood"]},
-        "stuck": {"source": str(dummy), "args": ["--fake-mode", "hang-mid-stream",
-                                                 "--fake-marker", str(root / "stuck-left")]},
+        "crashy": {"args": ["--fake-mode", "crash-mid-stream"]},
+        "broken": {"args": ["--fake-mode", "exit"]},
+        "erring": {"args": ["--fake-mode", "error-line"]},
+        "garbled": {"args": ["--fake-mode", "garbled"]},
+        "flood": {"args": ["--fake-mode", "flood"]},
+        "stuck": {"args": ["--fake-mode", "hang-mid-stream",
+                           "--fake-marker", str(root / "stuck-left")]},
     }
-    env = {"SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
-           "SWITCHBOARD_STREAM_IDLE_TIMEOUT": "1s"}
-    server = start_server(root, models, env)
+    server = start_fake_server(root, fake_runner, models,
+                               {"SWITCHBOARD_STREAM_IDLE_TIMEOUT": "1s"})
     yield server
     server.stop()
 

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import Dialect, dialect_of
 from gateway.openapi import DELETE_BODIES, REQUEST_BODIES, document
-from tests.e2e.server import Served, start_server
-from tests.fakes.gguf import write_empty_gguf
+from tests.e2e.server import Served, start_fake_server
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -36,14 +35,9 @@ JSON = st.recursive(
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("fuzz")
-    dummy = root / "dummy.gguf"
-    write_empty_gguf(dummy)
-    server = start_server(root, {"fake": {"source": str(dummy),
-                                          "aliases": ["f", "org/fake:latest"]},
-                                 "ranker": {"source": str(dummy), "reranking": True}}, {
-        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
-        "SWITCHBOARD_LOG_LEVEL": "warning"})
+    server = start_fake_server(tmp_path_factory.mktemp("fuzz"), fake_runner, {
+        "fake": {"aliases": ["f", "org/fake:latest"]}, "ranker": {"reranking": True}},
+        {"SWITCHBOARD_LOG_LEVEL": "warning"})
     yield server
     server.stop()
 

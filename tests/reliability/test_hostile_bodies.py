@@ -11,9 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.server import Served, start_server
+from tests.e2e.server import Served, start_fake_server
 from tests.e2e.test_fuzz import assert_well_shaped
-from tests.fakes.gguf import write_empty_gguf
 
 ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
           "/v1/messages", "/v1/rerank", "/tokenize", "/api/chat", "/api/generate", "/api/embed",
@@ -25,11 +24,7 @@ NOT_READING_NUMBERS = {"/api/pull", "/api/show", "/api/unload"}
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("hostile")
-    dummy = root / "dummy.gguf"
-    write_empty_gguf(dummy)
-    server = start_server(root, {"fake": {"source": str(dummy)}}, {
-        "SWITCHBOARD_LLAMA_SERVER": str(fake_runner), "SWITCHBOARD_LLM_LIBRARY": "system",
+    server = start_fake_server(tmp_path_factory.mktemp("hostile"), fake_runner, {"fake": {}}, {
         "SWITCHBOARD_MAX_BODY_BYTES": str(1 << 20), "SWITCHBOARD_LOG_LEVEL": "warning",
         # A pull of "fake" must not leave this machine: the default registry is a closed port.
         "SWITCHBOARD_REGISTRY": "127.0.0.1:9"})
