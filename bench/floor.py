@@ -44,9 +44,11 @@ def make_app(mode: str, upstream: int | None) -> object:
             assert upstream is not None
             if not pool:
                 pool.append(UpstreamPool())
+            headers = [(b"Content-Type", b"application/json")]
+            headers += [(b"Authorization", value) for name, value in scope["headers"]
+                        if name == b"authorization"]  # for a runner that wants its key
             response = await pool[0].request(
-                "127.0.0.1", upstream, b"POST", scope["raw_path"],
-                [(b"Content-Type", b"application/json")], body, limit=64)
+                "127.0.0.1", upstream, b"POST", scope["raw_path"], headers, body, limit=64)
             try:
                 answer = await response.read()
                 status = response.status
