@@ -366,8 +366,8 @@ async def added_latency(peers: list[Peer], requests: int, clients: int, body: by
                         answers: dict[str, list[bytes]] | None = None
                         ) -> dict[str, list[float]]:
     """Per-peer latencies, in short interleaved blocks so every peer sees the same machine
-    state: its speed here drifts by a quarter from one minute to the next, which blocks of a
-    hundred requests turned into differences between peers. Each peer keeps its connections
+    state: its speed here can halve from one minute to the next, which blocks of a hundred
+    requests turned into differences between peers. Each peer keeps its connections
     from block to block, as a client's pool would, so no block pays a connect. Response
     bodies go to ``answers`` by peer, in the order of the latencies, when given."""
     samples: dict[str, list[float]] = {p.name: [] for p in peers}
@@ -511,10 +511,15 @@ def run_all(quick: bool) -> Results:
         peers = [direct, router, board]
         try:
             answers: dict[str, list[bytes]] = {}
-            real = uvloop.run(added_latency(peers, n // 5 if quick else n // 2, 1,
+            real = uvloop.run(added_latency(peers, n // 5 if quick else n, 1,
                                             chat_body(MODEL), answers))
             results.samples["model_latency_c1"] = real
             figure_latency(results, "model, max_tokens=1", real)
+            # 16 clients on one slot: what each proxy adds while requests queue for it.
+            queued = uvloop.run(added_latency(peers, n // 5 if quick else n, 16,
+                                              chat_body(MODEL)))
+            results.samples["model_latency_c16"] = queued
+            figure_latency(results, "model, max_tokens=1, 16 clients", queued)
             outside = {name: outside_compute(real[name], answers[name]) for name in real}
             results.samples["model_latency_outside_compute_c1"] = outside
             stats = figure_latency(results, "model, less its reported compute", outside)
@@ -813,7 +818,7 @@ def write_chart(results: Results, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     labels, p50s, p99s = [], [], []
     series = {"stub_latency_c1": "stub, 1 client", "stub_latency_c16": "stub, 16 clients",
-              "model_latency_c1": "model, 1 client"}
+              "model_latency_c1": "model, 1 client", "model_latency_c16": "model, 16 clients"}
     for key, title in series.items():
         for name, values in results.samples.get(key, {}).items():
             labels.append(f"{title}\n{name}")

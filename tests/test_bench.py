@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import uvloop
 
 from bench.load import Target, chat_body, percentile, run
@@ -122,3 +124,50 @@ def test_the_floor_servers_answer_alone_and_through_one_hop(tmp_path: Path) -> N
         stub.wait(10)
         if stub.stderr is not None:
             stub.stderr.close()
+
+
+def _leftovers() -> list[str]:
+    """Command lines of processes a benchmark run started (its peers run out of its
+    switchboard-bench-* work directory, or are bench/floor.py)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "switchboard-bench-" in text or "bench/floor.py" in text:
+            found.append(text)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_make_bench_quick_measures_every_figure_on_the_real_payload_and_stops_its_peers(
+        tmp_path: Path, real_variants: dict[str, Path], gemma_path: Path) -> None:
+    # The whole harness with fewer samples (about 80 s here): direct, router mode and
+    # switchboard on the packaged llama-server and the default model.
+    subprocess.run([sys.executable, "-m", "bench.peers", "--quick", "--out", str(tmp_path)],
+                   check=True, timeout=900, cwd=Path(__file__).parent.parent,
+                   stdout=subprocess.DEVNULL)
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert page.index("## Targets missed") < page.index("## Targets met")
+    assert "llama-server 0." in page and "cores" in page  # the machine and versions
+    for section in ("## 1. Latency", "## 2. Streaming", "## 3. Throughput", "## 4. Cold start",
+                    "## 5. Swap", "## 6. Gateway memory", "## 7. Pull"):
+        assert section in page
+    for target in ("added latency p50", "added latency p99", "throughput at 16 clients",
+                   "gateway RSS", "added latency on the model", "streaming tokens/s",
+                   "cold start:", "swap: switchboard", "console open"):
+        assert f"- {target}" in page, target
+    for row in ("| model, max_tokens=1 | router |", "| model, max_tokens=1 | switchboard |",
+                "| model, max_tokens=1, 16 clients | router |",
+                "| stub, 16 client(s) | switchboard |",
+                "| stub, 1 client(s) | hypercorn + upstream hop |"):
+        assert row in page, row
+    samples = json.loads((tmp_path / "benchmarks.json").read_text())["samples"]
+    for key in ("stub_latency_c1", "stub_latency_c16", "model_latency_c1", "model_latency_c16",
+                "streaming", "stub_throughput", "cold_start", "swap", "gateway_rss", "pull"):
+        assert samples[key], key
+    assert set(samples["model_latency_c1"]) == {"direct", "router", "switchboard"}
+    assert all(len(v) >= 40 for v in samples["model_latency_c1"].values())
+    assert (tmp_path / "benchmarks.png").read_bytes()[:4] == b"\x89PNG"
+    assert _leftovers() == []
