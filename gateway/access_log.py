@@ -14,6 +14,7 @@ from email.utils import formatdate
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.log_escape import escape, escape_quoted
 from gateway.metrics import Metrics
 from runner.events import EventBus
 
@@ -92,11 +93,14 @@ class AccessLog:
                     "tokens_per_second": rate, "request_id": state["request_id"],
                 })
             client = scope.get("client")
+            # Escaped here as well as by the serve formatter: the path is percent-decoded, so
+            # "%0a" would forge a line under any other formatter, and '%22 200' would end the
+            # quoted request early (issue 18). Printable text comes back as it is, after a scan.
             log.info(
                 '%s "%s %s" %d %.1fms id=%s',
-                client[0] if client else "-",
-                scope["method"],
-                scope["path"],
+                escape(client[0]) if client else "-",
+                escape_quoted(scope["method"]),
+                escape_quoted(scope["path"]),
                 status,
                 elapsed * 1000,
                 request_id.decode(),
