@@ -2,7 +2,8 @@
 ``x-api-key: <key>`` (what the Anthropic SDK sends).
 
 Plain ASGI, so a refused request never reaches routing or a runner; ``/health`` stays open for
-load balancers and probes.
+load balancers and probes. ``/metrics`` needs a key too (it names models, loaded runners, their
+memory and token counts), unless ``metrics_public`` opens it for a scraper on a private network.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ _PROTECTED = ("/v1/", "/api/", "/tokenize", "/detokenize", "/apply-template", "/
 
 
 class APIKeyAuth:
-    def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], metrics_public: bool = False) -> None:
         self.app = app
         self.keys = [key.encode() for key in keys]
+        self.protected = _PROTECTED if metrics_public else (*_PROTECTED, "/metrics")
 
     def _allowed(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -40,7 +42,7 @@ class APIKeyAuth:
         if (
             scope["type"] != "http"
             or not self.keys
-            or not scope["path"].startswith(_PROTECTED)
+            or not scope["path"].startswith(self.protected)
             or self._allowed(scope)
         ):
             await self.app(scope, receive, send)

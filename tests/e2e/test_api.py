@@ -148,7 +148,8 @@ def test_metrics_count_requests_tokens_loads_and_runners(served: Served) -> None
     client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=3)
     list(client.chat.completions.create(model="gemma3:270m", messages=HI, max_tokens=3,
                                         stream=True))
-    text = httpx.get(f"{served.url}/metrics").text
+    # With keys set, /metrics needs one too, sent as a Prometheus scraper sends it.
+    text = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -2,7 +2,8 @@
 """A stand-in for llama-server that misbehaves on purpose (fault injection only).
 
 Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load),
-``--fake-silent`` (no "model loaded" line once it serves) and ``--fake-mode``:
+``--fake-chunk-delay SECONDS`` (the pause between streamed chunks), ``--fake-silent`` (no
+"model loaded" line once it serves) and ``--fake-mode``:
   ok               healthy; canned chat completions, streamed in 3 chunks
   exit             prints an error and exits 3 at once
   hang             /health answers 503 forever
@@ -12,6 +13,11 @@ Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load),
                    touches the --fake-marker file once the client closes the connection
   garbled          answers 200 with a body that is not JSON, and streams events that are not
   flood            streams 20,000 events of 1 kB, content "0 ", "1 ", ..., as fast as it can
+  endless          streams 1 kB events, as fast as it can, until the client goes; then
+                   touches the --fake-marker file
+  huge             answers --fake-size bytes of content (chunked, with no Content-Length);
+                   streamed, one small event, then one event that large in 64 KiB pieces;
+                   touches the --fake-marker file if the client goes before the end
   bind-fail-once   the first launch fails like llama-server does when its port was taken
                    (remembered by a marker file given with --fake-marker), later ones serve
 """
@@ -19,6 +25,7 @@ Accepts llama-server's flags and its own ``--fake-delay SECONDS`` (a slow load),
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import select
@@ -38,6 +45,10 @@ def main() -> None:
     parser.add_argument("--fake-marker")
     parser.add_argument("--fake-delay", type=float, default=0.0,
                         help="seconds of 'loading' before it listens")
+    parser.add_argument("--fake-chunk-delay", type=float, default=0.01,
+                        help="seconds between the chunks of a stream")
+    parser.add_argument("--fake-size", type=int, default=8 << 20,
+                        help="bytes of content in the huge mode's answers")
     parser.add_argument("--fake-silent", action="store_true",
                         help="never print llama-server's 'model loaded' line")
     args, _ = parser.parse_known_args()
@@ -68,6 +79,48 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(body)
 
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        def _unbounded(self, base: dict[str, object], stream: bool) -> None:
+            """The huge and endless modes' answers, chunked."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream" if stream
+                             else "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            if args.fake_mode == "endless" and not stream:
+                self._chunk(json.dumps({**base, "object": "chat.completion", "choices": [
+                    {"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "fake reply"}}]}).encode())
+            elif args.fake_mode == "endless":
+                for i in itertools.count():
+                    event = {**base, "object": "chat.completion.chunk", "pad": "." * 1000,
+                             "choices": [
+                        {"index": 0, "finish_reason": None, "delta": {"content": f"{i} "}}]}
+                    self._chunk(f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+                                .encode())
+            else:
+                if stream:
+                    first = {**base, "object": "chat.completion.chunk", "choices": [
+                        {"index": 0, "finish_reason": None, "delta": {"content": "fake "}}]}
+                    self._chunk(f"data: {json.dumps(first)}\n\n".encode())
+                    self.wfile.flush()
+                    head, tail = b'data: {"choices":[{"delta":{"content":"', b'"}}]}\n\n'
+                else:
+                    head = (b'{"object":"chat.completion","choices":[{"index":0,'
+                            b'"message":{"role":"assistant","content":"')
+                    tail = b'"}}]}'
+                self._chunk(head)
+                piece = b"x" * 65536
+                for _ in range(args.fake_size // len(piece)):
+                    self._chunk(piece)
+                self._chunk(tail)
+                if stream:
+                    self._chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
         def do_GET(self) -> None:
             if self.path == "/health":
                 if args.fake_mode == "hang":
@@ -90,6 +143,13 @@ def main() -> None:
                 self.send_header("Content-Length", "9")
                 self.end_headers()
                 self.wfile.write(b"not json!")
+                return
+            if args.fake_mode in ("huge", "endless"):
+                try:
+                    self._unbounded(base, bool(body.get("stream")))
+                except (BrokenPipeError, ConnectionResetError):
+                    if args.fake_marker:  # the client went before the end
+                        Path(args.fake_marker).touch()
                 return
             if not body.get("stream"):
                 self._json(200, {**base, "object": "chat.completion", "choices": [
@@ -133,7 +193,7 @@ def main() -> None:
                 if args.fake_mode == "crash-mid-stream" and i == 0:
                     time.sleep(0.05)
                     os.kill(os.getpid(), signal.SIGKILL)
-                time.sleep(0.01)
+                time.sleep(args.fake_chunk_delay)
             done = b"data: [DONE]\n\n"
             self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
 
