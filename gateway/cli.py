@@ -20,16 +20,21 @@ from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, lo
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from gateway.log_escape import EscapingFormatter
+
+    # Escaped centrally: client-controlled text (paths, model names, pull names) reaches many
+    # log lines, and one forgotten call site would let a "%0a" forge a line (issue 18).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # httpx logs every request at INFO; the health polls of a loading runner would flood.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def _serve(settings: Settings, listener: int) -> None:
+    """Serve until SIGTERM, SIGINT or SIGHUP, each of which drains: new requests get 503,
+    those in flight get ``shutdown_grace``; a second signal stops at once. SIGHUP drains
+    rather than reloads the config: a supervisor restarts the process to reload."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -65,7 +70,9 @@ async def _serve(settings: Settings, listener: int) -> None:
         drain.start()
         draining.append(asyncio.create_task(drain_then_stop()))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too: without a handler it kills at once, cutting streams (a closed terminal or
+    # `kill -HUP` by a supervisor expecting a reload sends it).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal)
     await serve(ExposeServerSend(app), config,  # type: ignore[arg-type]
                 shutdown_trigger=stop.wait)
@@ -100,8 +107,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: cannot listen on {settings.host}:{settings.port}: {reason}{hint}",
               file=sys.stderr)
         return 1
-    uvloop.run(_serve(settings, listener.detach()))
+    try:
+        uvloop.run(_serve(settings, listener.detach()))
+    except Exception as exc:
+        # The lifespan's extraction failed: Hypercorn reports it as a LifespanFailureError
+        # holding Starlette's traceback text, raised while handling ours, so ours is found
+        # down the chain and said in one line.
+        cause = _payload_error(exc)
+        if cause is None:
+            raise
+        print(f"serve: {cause}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _payload_error(exc: BaseException | None) -> BaseException | None:
+    from runner.payloads import PayloadError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, PayloadError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def cmd_build_runners(args: argparse.Namespace) -> int:

