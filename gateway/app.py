@@ -33,6 +33,7 @@ from gateway import (
     rerank,
 )
 from gateway.access_log import AccessLog
+from gateway.allowlist import Allowlist
 from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
 from gateway.drain import Drain, DrainState
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> Starlette:
         upstream = UpstreamPool(max_waiters=settings.max_queue)
         puller = Puller(settings, scheduler.catalog.store)
         app.state.settings = settings
+        app.state.allowlist = Allowlist(settings)
         app.state.puller = puller
         app.state.metrics = metrics
         app.state.scheduler = scheduler
@@ -146,7 +148,8 @@ def create_app(settings: Settings) -> Starlette:
                           allow_headers=["authorization", "content-type", "x-request-id",
                                          "x-api-key", "anthropic-version"],
                           expose_headers=["x-request-id"])] if settings.cors_origins else []),
-            Middleware(APIKeyAuth, keys=settings.api_keys),
+            Middleware(APIKeyAuth, keys=settings.api_keys,
+                       metrics_public=settings.metrics_public),
             Middleware(BodyLimit, limit=settings.max_body_bytes),
             Middleware(HotPath, routes=relayed),
         ],

@@ -21,6 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from gateway.allowlist import check_fits
 from gateway.errors import (
     APIError,
     Dialect,
@@ -197,13 +198,17 @@ class Relay:
         for every route; the client's bytes go upstream untouched unless something was
         removed or the route ``edited`` ``data``."""
         keep_alive, present = take_keep_alive(data)
-        if present or edited:
-            body = orjson.dumps(data)
         state = request.app.state
+        # Every body bound for a runner passes the allowlist here, whatever its route.
+        vetted = state.allowlist.vet(path, data)
+        if present or edited or vetted.edited:
+            body = orjson.dumps(data)
         settings = state.settings
-        return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
-                   options, state.metrics, settings.stream_idle_timeout or None,
-                   dialect_of(request.scope["path"]), translation, settings.load_ping or None)
+        relay = cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
+                    options, state.metrics, settings.stream_idle_timeout or None,
+                    dialect_of(request.scope["path"]), translation, settings.load_ping or None)
+        relay._prompt = (data, vetted.prompt_bytes)
+        return relay
 
     def __init__(
         self,
@@ -241,6 +246,9 @@ class Relay:
         self._load_ping = load_ping if stream and (
             translation is None or getattr(translation, "media_type", None) == _SSE
         ) else None
+        # The body's fields and its prompt's text bytes, for the context check once the
+        # runner (and so its context) is known.
+        self._prompt: tuple[dict[str, Any], int] = ({}, 0)
         self._timing: list[tuple[bytes, bytes]] = []
         self._head_sent = False
         self._state: dict[str, Any] | None = None
@@ -296,6 +304,11 @@ class Relay:
                         self._timing = [(b"server-timing", timing)]
                     if self._translation is not None:
                         self._translation.begin(lease, waited)
+                    spec = lease.runner.spec
+                    data, prompt_bytes = self._prompt
+                    if prompt_bytes > (spec.ctx_size or 1024):  # else it surely fits
+                        await check_fits(spec.model_path, spec.ctx_size, spec.parallel,
+                                         spec.extra_args, data, prompt_bytes)
                     await self._forward(lease, send)
         except APIError as exc:
             if pinger is not None:

@@ -41,6 +41,9 @@ class GGUFInfo:
     tensor_count: int
     parameters: int = 0
     data_end: int = 0  # where the last tensor's data ends: a shorter file is truncated
+    # Bytes of the vocabulary's longest token: a text of N bytes is at least N / this many
+    # tokens, which tells a prompt that cannot fit the context without tokenizing it.
+    longest_token: int = 0
 
     @property
     def architecture(self) -> str:
@@ -57,6 +60,7 @@ class _Cursor:
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
         self.pos = 0
+        self.longest = 0  # of the strings in the last string array read
 
     def unpack(self, fmt: str) -> Scalar:
         value: Scalar = struct.unpack_from(fmt, self.buf, self.pos)[0]
@@ -85,8 +89,13 @@ class _Cursor:
             item = GGUFValueType(self.u32())
             count = self.u64()
             if item is GGUFValueType.STRING:
+                longest, buf, pos = 0, self.buf, self.pos
                 for _ in range(count):
-                    self.skip_string()
+                    length = int(struct.unpack_from("<Q", buf, pos)[0])
+                    pos += 8 + length
+                    if length > longest:
+                        longest = length
+                self.pos, self.longest = pos, longest
             elif item is GGUFValueType.ARRAY:
                 for _ in range(count):
                     self.value(item)
@@ -139,9 +148,12 @@ def _parse(path: Path) -> GGUFInfo:
                 raise GGUFError(f"{path}: GGUF version {version} is too old")
             tensor_count, kv_count = cur.u64(), cur.u64()
             metadata: dict[str, Scalar] = {}
+            longest_token = 0
             for _ in range(kv_count):
                 key = cur.string()
                 metadata[key] = cur.value(GGUFValueType(cur.u32()))
+                if key == "tokenizer.ggml.tokens":
+                    longest_token = cur.longest
             total = parameters = last_end = 0
             for _ in range(tensor_count):
                 cur.skip_string()
@@ -160,4 +172,4 @@ def _parse(path: Path) -> GGUFInfo:
                 raise
             raise GGUFError(f"{path}: malformed GGUF header ({exc})") from exc
     data_end = data_start + last_end if tensor_count else cur.pos
-    return GGUFInfo(metadata, total, tensor_count, parameters, data_end)
+    return GGUFInfo(metadata, total, tensor_count, parameters, data_end, longest_token)

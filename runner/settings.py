@@ -100,6 +100,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 UserPath = Annotated[Path, BeforeValidator(_expand_user)]
 OptionalUserPath = Annotated[Path | None, BeforeValidator(_expand_user)]
 ByteSize = Annotated[int | None, BeforeValidator(_optional_bytes)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 
 
@@ -232,8 +233,41 @@ class Settings(BaseModel):
         None, description="more keys, one per line ('#' comments)"
     )
     cors_origins: CommaList = Field((), description="browser origins allowed; '*' for any")
+    metrics_public: bool = Field(
+        False, description="serve /metrics without an API key even when keys are set (for a "
+        "scraper on a private network)"
+    )
     max_body_bytes: ByteSize = Field(
         32 * _MIB, description="largest request body accepted (413 beyond)"
+    )
+    # What a request may ask of a runner (gateway/allowlist.py); beyond a bound: a 400.
+    pass_unknown_fields: bool = Field(
+        False, description="relay request fields outside the allowlist to runners, unbounded "
+        "(trusted clients only)"
+    )
+    max_messages: int = Field(
+        1024, ge=1, description="messages, input items or documents in one request"
+    )
+    max_nesting: int = Field(
+        100, ge=2, description="nesting depth of any JSON field, and of a grammar's groups"
+    )
+    max_grammar_bytes: Bytes = Field(
+        65536, ge=1, description="a grammar, JSON schema or response_format, in text bytes"
+    )
+    max_tools: int = Field(128, ge=1, description="tools (or functions) in one request")
+    max_tools_bytes: Bytes = Field(
+        262144, ge=1, description="all tool definitions of a request, in text bytes"
+    )
+    max_probs: int = Field(20, ge=0, description="n_probs, top_logprobs or logprobs asked for")
+    max_logit_bias: int = Field(1024, ge=0, description="logit_bias entries in one request")
+    max_stop: int = Field(16, ge=0, description="stop strings in one request")
+    max_stop_length: int = Field(1024, ge=1, description="characters in one stop string")
+    max_samplers: int = Field(32, ge=1, description="entries in a request's samplers list")
+    max_dry_breakers: int = Field(
+        16, ge=1, description="entries in dry_sequence_breakers"
+    )
+    max_dry_breaker_length: int = Field(
+        64, ge=1, description="characters in one DRY sequence breaker"
     )
     threads: int | None = Field(None, ge=1, description="llama-server --threads; empty = its own")
     log_level: str = Field("info", description="debug, info, warning or error")
@@ -415,8 +449,10 @@ def _shown(default: object, metadata: list[Any]) -> str:
         return ",".join(default)
     if parse_duration in validators and isinstance(default, int | float):
         return format_duration(float(default))
-    if _optional_bytes in validators and isinstance(default, int):
-        return f"{default // _MIB}MiB" if default % _MIB == 0 else str(default)
+    if validators & {_optional_bytes, parse_bytes} and isinstance(default, int):
+        if default and default % _MIB == 0:
+            return f"{default // _MIB}MiB"
+        return f"{default >> 10}KiB" if default and default % 1024 == 0 else str(default)
     return str(default)
 
 

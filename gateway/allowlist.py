@@ -1,0 +1,367 @@
+"""Which request fields reach a runner, per API family, and the bound on each.
+
+llama-server trusts its client: one request with a grammar nested 20,000 groups deep crashes
+it (SIGSEGV, every stream on it lost), ``n_probs: 262144`` makes it allocate gigabytes, and 50
+DRY sequence breakers of 100 KB each cost it 76 s and 16.8 GB. The gateway is that client, so
+every body it relays passes :meth:`Allowlist.vet` first (from :meth:`gateway.relay.Relay.
+for_request`, the one place bodies leave for a runner):
+
+- a field outside the family's list is dropped (``SWITCHBOARD_PASS_UNKNOWN_FIELDS`` passes them
+  instead, for trusted clients), so a new llama-server knob is never exposed by accident;
+- a field on the list that can cost memory or time is held to a bound (each a setting); one
+  over its bound is a 400 that names the field, its value and the setting.
+
+The lists are OpenAI's, Anthropic's and llama.cpp's documented fields for each endpoint, plus
+the llama.cpp sampling extensions we support. Left out on purpose: ``id_slot`` (a client would
+pick another's slot), ``n_cmpl`` and ``n_cache_reuse`` (runner-wide costs), ``lora`` (adapters
+are per model config), ``verbose`` and ``response_fields`` (debug), and llama-server's
+internal ``grammar_triggers``/``preserved_tokens``/``chat_parser``/``reasoning_budget_*`` tags.
+
+Checking costs one set lookup per top-level field; only fields that are present are measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import APIError
+from runner.gguf_header import GGUFError, read_header
+from runner.settings import Settings
+
+_SAMPLING = frozenset({
+    # llama.cpp's sampling and generation fields (tools/server/server-schema.cpp)
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "top_n_sigma",
+    "xtc_probability", "xtc_threshold", "dynatemp_range", "dynatemp_exponent",
+    "repeat_last_n", "repeat_penalty", "frequency_penalty", "presence_penalty",
+    "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+    "dry_sequence_breakers", "mirostat", "mirostat_tau", "mirostat_eta", "seed",
+    "n_probs", "post_sampling_probs", "samplers", "logit_bias", "ignore_eos",
+    "grammar", "json_schema", "stop", "n_predict", "max_tokens", "n_keep", "cache_prompt",
+    "timings_per_token", "return_tokens", "return_progress", "t_max_predict_ms",
+    "stream", "stream_options",
+})
+_CHAT_TEMPLATE = frozenset({
+    "chat_template_kwargs", "reasoning_format", "parse_tool_calls", "add_generation_prompt",
+})
+
+# Upstream path -> the fields that may reach it.
+FIELDS: dict[bytes, frozenset[str]] = {
+    b"/v1/chat/completions": _SAMPLING | _CHAT_TEMPLATE | {
+        "model", "messages", "max_completion_tokens", "n", "logprobs", "top_logprobs",
+        "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions",
+        "function_call", "user", "metadata", "store", "reasoning_effort", "modalities",
+        "service_tier", "prediction", "prompt_cache_key", "safety_identifier", "verbosity",
+    },
+    b"/v1/completions": _SAMPLING | {
+        "model", "prompt", "suffix", "echo", "n", "best_of", "logprobs", "user",
+        "response_format",
+    },
+    b"/v1/embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
+    b"/v1/responses": _SAMPLING | _CHAT_TEMPLATE | {
+        "model", "input", "instructions", "max_output_tokens", "tools", "tool_choice",
+        "parallel_tool_calls", "text", "reasoning", "truncation", "user", "metadata", "store",
+        "include", "previous_response_id", "top_logprobs", "service_tier", "prompt_cache_key",
+        "safety_identifier", "max_tool_calls",
+    },
+    b"/v1/responses/input_tokens": frozenset({
+        "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
+        "text", "reasoning", "truncation", "previous_response_id",
+    }),
+    b"/v1/messages": _SAMPLING | _CHAT_TEMPLATE | {
+        "model", "messages", "system", "stop_sequences", "tools", "tool_choice", "metadata",
+        "thinking", "service_tier",
+    },
+    b"/v1/messages/count_tokens": frozenset({
+        "model", "messages", "system", "tools", "tool_choice", "thinking",
+    }),
+    b"/v1/rerank": frozenset({"model", "query", "documents", "top_n", "return_documents"}),
+    b"/tokenize": frozenset({"model", "content", "add_special", "parse_special",
+                             "with_pieces"}),
+    b"/detokenize": frozenset({"model", "tokens"}),
+    b"/apply-template": frozenset({"model", "messages", "tools", "tool_choice",
+                                   "chat_template_kwargs", "add_generation_prompt"}),
+}
+# Paths that evaluate a prompt in one slot: only these are checked against the context (an
+# embeddings batch or a rerank evaluates each input on its own).
+_GENERATING = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/responses",
+                         b"/v1/messages"})
+# Fields whose text becomes the prompt: their string bytes bound its tokens from below.
+_PROMPT_FIELDS = ("messages", "prompt", "input", "system", "instructions", "tools",
+                  "functions", "documents", "query", "content", "suffix")
+
+
+@dataclass(frozen=True)
+class Vetted:
+    """What vetting found: whether the body changed, and the prompt's text in bytes."""
+
+    edited: bool
+    prompt_bytes: int
+
+
+def stripped_text_bytes(value: object) -> int:
+    """:func:`text_bytes` of each string less its surrounding whitespace, which chat templates
+    trim: the prompt's text as the tokenizer will see it, or less."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item = item.strip()
+            total += len(item) if item.isascii() else len(item.encode("utf-8", "replace"))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
+def _slot_context(model_path: Path, ctx_size: int, parallel: int,
+                  args: tuple[str, ...]) -> tuple[int, int]:
+    """(tokens one request may use, bytes of the longest token) for a runner. llama-server
+    splits its context between its slots unless its KV cache is unified."""
+    try:
+        info = read_header(model_path)
+    except (GGUFError, OSError):
+        return 0, 0  # llama-server says what is wrong with the file; nothing to check here
+    ctx = ctx_size or info.arch_int("context_length")
+    unified = "--kv-unified" in args or "-kvu" in args
+    return (ctx if unified else ctx // max(parallel, 1)), info.longest_token
+
+
+async def check_fits(model_path: Path, ctx_size: int, parallel: int, args: tuple[str, ...],
+                     data: dict[str, Any], prompt_bytes: int) -> None:
+    """A 400 for a prompt that cannot fit the runner's context, decided without the runner:
+    no token is longer than the vocabulary's longest, so a text of N bytes is at least
+    N / longest tokens. A 30 MB prompt used to cost llama-server 39 s and 2.3 GB before it
+    said as much. Called only when the prompt has more bytes than the context has tokens
+    (most prompts never reach here); prompts between that and the bound are left to
+    llama-server, which tokenizes that much in milliseconds."""
+    slot, longest = await asyncio.to_thread(_slot_context, model_path, ctx_size, parallel,
+                                            args)
+    if slot <= 0 or longest <= 0 or prompt_bytes <= slot * longest:
+        return
+    text = sum(stripped_text_bytes(data.get(name)) for name in _PROMPT_FIELDS)
+    at_least = -(-text // longest)
+    if at_least > slot:
+        raise APIError(400, f"the prompt is at least {at_least} tokens ({text} bytes of text), "
+                       f"more than the {slot} tokens of context a request gets on this model",
+                       param="messages" if "messages" in data else "prompt",
+                       code="context_length_exceeded")
+
+
+def _depth(value: object, limit: int) -> int:
+    """Nesting depth of a JSON value, iteratively (a recursive walk is what a deep value
+    attacks); stops counting once past ``limit``."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def text_bytes(value: object) -> int:
+    """The UTF-8 bytes of every string inside a JSON value (keys of objects excluded)."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) if item.isascii() else len(item.encode("utf-8", "replace"))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
+def grammar_depth(grammar: str, limit: int) -> int:
+    """How deeply a GBNF grammar nests its groups: ``(`` outside literals, character classes
+    and comments. llama.cpp's parser recurses once per group, and 20,000 levels overflow its
+    stack."""
+    depth = deepest = 0
+    i, n = 0, len(grammar)
+    while i < n:
+        c = grammar[i]
+        if c == "(":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        elif c in "\"[":
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and grammar[i] != close:
+                i += 2 if grammar[i] == "\\" else 1
+        elif c == "#":
+            newline = grammar.find("\n", i)
+            i = n if newline < 0 else newline
+        i += 1
+    return deepest
+
+
+class Allowlist:
+    """The fields and bounds of :mod:`gateway.allowlist`, built once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pass_unknown = settings.pass_unknown_fields
+        self._checks: dict[str, Callable[[str, Any], None]] = {
+            "grammar": self._grammar,
+            "json_schema": self._schema,
+            "response_format": self._schema,
+            "chat_template_kwargs": self._schema,
+            "n_probs": self._probs,
+            "top_logprobs": self._probs,
+            "logprobs": self._probs,
+            "logit_bias": self._logit_bias,
+            "stop": self._stop,
+            "stop_sequences": self._stop,
+            "samplers": self._samplers,
+            "dry_sequence_breakers": self._breakers,
+            "tools": self._tools,
+            "functions": self._tools,
+            "messages": self._items,
+            "input": self._items,
+            "documents": self._items,
+            "content": self._items,
+            "prompt": self._items,
+        }
+
+    # -- the checks -------------------------------------------------------------------------
+
+    @staticmethod
+    def _refuse(field: str, what: str, limit: int, setting: str) -> APIError:
+        return APIError(400, f"'{field}' {what}; at most {limit} allowed (the server's "
+                        f"SWITCHBOARD_{setting.upper()})", param=field, code="limit_exceeded")
+
+    def _nesting(self, field: str, value: object) -> None:
+        limit = self.settings.max_nesting
+        depth = _depth(value, limit)
+        if depth > limit:
+            raise self._refuse(field, f"nests more than {limit} levels deep", limit,
+                               "max_nesting")
+
+    def _grammar(self, field: str, value: Any) -> None:
+        if not isinstance(value, str):
+            return  # llama-server refuses the type itself, cheaply
+        limit = self.settings.max_grammar_bytes
+        size = text_bytes(value)
+        if size > limit:
+            raise self._refuse(field, f"is {size} bytes", limit, "max_grammar_bytes")
+        nesting = self.settings.max_nesting
+        # Fewer groups than the bound cannot nest deeper than it: most grammars skip the scan.
+        if value.count("(") > nesting and grammar_depth(value, nesting) > nesting:
+            raise self._refuse(field, f"nests groups more than {nesting} deep", nesting,
+                               "max_nesting")
+
+    def _schema(self, field: str, value: Any) -> None:
+        if isinstance(value, dict | list):
+            self._nesting(field, value)
+            self._sized(field, value, self.settings.max_grammar_bytes, "max_grammar_bytes")
+        elif isinstance(value, str):
+            self._grammar(field, value)
+
+    def _sized(self, field: str, value: object, limit: int, setting: str) -> None:
+        size = text_bytes(value)
+        if size > limit:
+            raise self._refuse(field, f"holds {size} bytes of text", limit, setting)
+
+    def _probs(self, field: str, value: Any) -> None:
+        limit = self.settings.max_probs
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise self._refuse(field, f"is {value}", limit, "max_probs")
+
+    def _logit_bias(self, field: str, value: Any) -> None:
+        limit = self.settings.max_logit_bias
+        if isinstance(value, dict | list) and len(value) > limit:
+            raise self._refuse(field, f"has {len(value)} entries", limit, "max_logit_bias")
+        self._nesting(field, value)
+
+    def _strings(self, field: str, value: Any, count: int, count_setting: str, size: int,
+                 size_setting: str) -> None:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return
+        if len(items) > count:
+            raise self._refuse(field, f"has {len(items)} entries", count, count_setting)
+        for item in items:
+            if isinstance(item, str) and len(item) > size:
+                raise self._refuse(field, f"has an entry of {len(item)} characters", size,
+                                   size_setting)
+            if not isinstance(item, str):
+                self._nesting(field, item)
+
+    def _stop(self, field: str, value: Any) -> None:
+        s = self.settings
+        self._strings(field, value, s.max_stop, "max_stop", s.max_stop_length, "max_stop_length")
+
+    def _samplers(self, field: str, value: Any) -> None:
+        s = self.settings
+        if isinstance(value, str):  # llama.cpp's one-letter form, e.g. "dkypmxt"
+            value = list(value)
+        self._strings(field, value, s.max_samplers, "max_samplers", 64, "max_samplers")
+
+    def _breakers(self, field: str, value: Any) -> None:
+        s = self.settings
+        self._strings(field, value, s.max_dry_breakers, "max_dry_breakers",
+                      s.max_dry_breaker_length, "max_dry_breaker_length")
+
+    def _tools(self, field: str, value: Any) -> None:
+        s = self.settings
+        if isinstance(value, list) and len(value) > s.max_tools:
+            raise self._refuse(field, f"has {len(value)} entries", s.max_tools, "max_tools")
+        self._nesting(field, value)
+        self._sized(field, value, s.max_tools_bytes, "max_tools_bytes")
+
+    def _items(self, field: str, value: Any) -> None:
+        limit = self.settings.max_messages
+        if isinstance(value, list) and len(value) > limit and not (
+                field in ("prompt", "input", "content") and all(
+                    isinstance(v, int) for v in value)):  # a token array is one prompt
+            raise self._refuse(field, f"has {len(value)} entries", limit, "max_messages")
+        if isinstance(value, dict | list):
+            self._nesting(field, value)
+
+    # -- the door ---------------------------------------------------------------------------
+
+    def vet(self, path: bytes, data: dict[str, Any]) -> Vetted:
+        """Drop what ``path`` does not take and check the bounds of what it does, in place;
+        raises :class:`APIError` (400) for a field over its bound."""
+        allowed = FIELDS.get(path)
+        edited = False
+        if allowed is not None and not self.pass_unknown:
+            unknown = [name for name in data if name not in allowed]
+            for name in unknown:
+                del data[name]
+            edited = bool(unknown)
+        checks = self._checks
+        prompt = 0
+        for name, value in data.items():
+            check = checks.get(name)
+            if check is not None:
+                check(name, value)
+            elif isinstance(value, dict | list):
+                self._nesting(name, value)  # whatever it is, it must not be deep
+        if path in _GENERATING:
+            for name in _PROMPT_FIELDS:
+                value = data.get(name)
+                if value is not None:
+                    prompt += text_bytes(value)
+        return Vetted(edited, prompt)
