@@ -15,7 +15,7 @@ def _write(path: Path) -> Path:
     writer.add_embedding_length(64)
     writer.add_head_count(2)
     writer.add_string("general.name", "tiny")
-    writer.add_token_list([f"tok{i}" for i in range(1000)])
+    writer.add_token_list([f"tok{i}" for i in range(999)] + ["▁longest"])
     writer.add_array("some.nested", [[1, 2], [3]])
     writer.add_float32("some.float", 0.5)
     writer.add_tensor("f32", np.zeros((8, 32), dtype=np.float32))
@@ -42,6 +42,8 @@ def test_read_header_matches_the_gguf_package(tmp_path: Path) -> None:
     assert info.metadata["some.nested"] == 2
     assert info.metadata["some.float"] == pytest.approx(0.5)
     assert info.arch_int("missing", 7) == 7
+    # In UTF-8 bytes ("▁" is 3), which is what the gateway's context check divides by.
+    assert info.longest_token == len("▁longest".encode()) == 10
 
 
 @pytest.mark.parametrize("content", [b"", b"NOPE" + b"\0" * 64, b"GGUF\3\0\0\0"])
