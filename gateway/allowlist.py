@@ -102,23 +102,6 @@ class Vetted:
     prompt_bytes: int
 
 
-def stripped_text_bytes(value: object) -> int:
-    """:func:`text_bytes` of each string less its surrounding whitespace, which chat templates
-    trim: the prompt's text as the tokenizer will see it, or less."""
-    total = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            item = item.strip()
-            total += len(item) if item.isascii() else len(item.encode("utf-8", "replace"))
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return total
-
-
 def _slot_context(model_path: Path, ctx_size: int, parallel: int,
                   args: tuple[str, ...]) -> tuple[int, int]:
     """(tokens one request may use, bytes of the longest token) for a runner. llama-server
@@ -144,7 +127,7 @@ async def check_fits(model_path: Path, ctx_size: int, parallel: int, args: tuple
                                             args)
     if slot <= 0 or longest <= 0 or prompt_bytes <= slot * longest:
         return
-    text = sum(stripped_text_bytes(data.get(name)) for name in _PROMPT_FIELDS)
+    text = sum(text_bytes(data.get(name), strip=True) for name in _PROMPT_FIELDS)
     at_least = -(-text // longest)
     if at_least > slot:
         raise APIError(400, f"the prompt is at least {at_least} tokens ({text} bytes of text), "
@@ -173,13 +156,17 @@ def _depth(value: object, limit: int) -> int:
     return deepest
 
 
-def text_bytes(value: object) -> int:
-    """The UTF-8 bytes of every string inside a JSON value (keys of objects excluded)."""
+def text_bytes(value: object, strip: bool = False) -> int:
+    """The UTF-8 bytes of every string inside a JSON value (keys of objects excluded); with
+    ``strip``, less each string's surrounding whitespace, which chat templates trim: the
+    prompt's text as the tokenizer will see it, or less."""
     total = 0
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
+            if strip:
+                item = item.strip()
             total += len(item) if item.isascii() else len(item.encode("utf-8", "replace"))
         elif isinstance(item, dict):
             stack.extend(item.values())

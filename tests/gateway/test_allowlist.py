@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
+from gguf import GGUFWriter
 
-from gateway.allowlist import Allowlist, grammar_depth, text_bytes
+from gateway.allowlist import Allowlist, check_fits, grammar_depth, text_bytes
 from gateway.errors import APIError
 from runner.settings import Settings
 
@@ -114,3 +117,49 @@ def test_grammar_depth_skips_literals_classes_and_comments() -> None:
 
 def test_text_bytes_counts_utf8() -> None:
     assert text_bytes({"a": ["é", {"b": "xy"}], "n": 3}) == 4
+
+
+def _vocabulary_gguf(path: Path) -> Path:
+    writer = GGUFWriter(str(path), "gemma3")
+    writer.add_context_length(100)
+    writer.add_token_list(["a", "abcd"])  # no token covers more than 4 bytes
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _fits(path: Path, text: str, ctx: int = 0, parallel: int = 1,
+          args: tuple[str, ...] = ()) -> None:
+    data = {"messages": [{"role": "user", "content": text}]}
+    asyncio.run(check_fits(path, ctx, parallel, args, data, text_bytes(data)))
+
+
+def test_a_prompt_longer_than_context_times_the_longest_token_is_refused(
+        tmp_path: Path) -> None:
+    gguf = _vocabulary_gguf(tmp_path / "v.gguf")
+    _fits(gguf, "x" * 396)  # at least 100 tokens (with "user"): may fit the model's 100
+    with pytest.raises(APIError) as caught:
+        _fits(gguf, "x" * 404)  # at least 102
+    assert caught.value.code == "context_length_exceeded"
+    assert "at least 102 tokens" in caught.value.message
+
+
+def test_the_context_check_uses_the_configured_context_per_slot(tmp_path: Path) -> None:
+    gguf = _vocabulary_gguf(tmp_path / "v.gguf")
+    _fits(gguf, "x" * 396, ctx=200, parallel=2)
+    with pytest.raises(APIError):
+        _fits(gguf, "x" * 404, ctx=200, parallel=2)
+    _fits(gguf, "x" * 404, ctx=200, parallel=2, args=("--kv-unified",))  # one shared cache
+
+
+def test_whitespace_a_template_trims_does_not_count_against_the_context(
+        tmp_path: Path) -> None:
+    gguf = _vocabulary_gguf(tmp_path / "v.gguf")
+    _fits(gguf, " " * 10_000 + "x" * 300 + "\n" * 10_000)
+
+
+def test_a_file_that_is_not_gguf_is_left_to_the_runner(tmp_path: Path) -> None:
+    (tmp_path / "bad.gguf").write_bytes(b"nope")
+    _fits(tmp_path / "bad.gguf", "x" * 100_000)
