@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.errors import APIError
 from runner.gguf_header import GGUFError, read_header
@@ -94,8 +93,7 @@ _PROMPT_FIELDS = ("messages", "prompt", "input", "system", "instructions", "tool
                   "functions", "documents", "query", "content", "suffix")
 
 
-@dataclass(frozen=True)
-class Vetted:
+class Vetted(NamedTuple):
     """What vetting found: whether the body changed, and the prompt's text in bytes."""
 
     edited: bool
