@@ -12,10 +12,15 @@ Semantics of Ollama's ``server/sched.go`` in asyncio (decisions in :mod:`runner.
   alternating traffic into batches instead of one load per request.
 - Keep-alive starts when the last reference is released (0 = unload then, negative = never);
   a request's ``keep_alive`` overrides the model's and the default.
-- Memory fit: a model's need is estimated from its GGUF header (:mod:`runner.memory`), then
-  replaced by the runner's measured RSS once it has run. A model that cannot fit even alone is
-  refused with both figures and nothing evicted; one that cannot fit beside the loaded ones
-  drains a victim first. Nothing new loads while an unload is still in progress.
+- Memory fit: a model's need is estimated from its GGUF header (:mod:`runner.memory`). A loaded
+  runner counts at its latest RSS sample (what it holds now). What is remembered for its next
+  load is its steady state, RSS + VRAM sampled once it turns ready and before any request,
+  keyed by runner key and shape: never a later sample, which can be one request's peak (a
+  ``n_probs`` request took a 334 MiB runner to 1.08 GiB) or memory glibc kept after it. A model
+  that cannot fit even alone is refused with both figures and nothing evicted (after one retry
+  with its header estimate if the refusal was on a remembered figure); one that cannot fit
+  beside the loaded ones drains a victim first. Nothing new loads while an unload is still in
+  progress.
 - A runner that exits unexpectedly leaves the loaded set at once; the next request reloads it.
   One whose ``/health`` stops answering (checked every ``health_interval``) is killed and
   reloaded the same way.
@@ -102,6 +107,13 @@ class ModelTooLargeError(RuntimeError):
         self.available = available
 
 
+class ModelInUseError(RuntimeError):
+    """The model has requests in flight or waiting, or is loading: it cannot be removed now."""
+
+    def __init__(self, model: str, why: str) -> None:
+        super().__init__(f"model '{model}' is in use ({why}): delete it once it is idle")
+
+
 class QueueFullError(RuntimeError):
     """Too many requests are waiting for a runner; retry after ``retry_after`` seconds."""
 
@@ -176,8 +188,8 @@ class _Loaded:
     shape: Shape
     runner: RunnerProcess
     keep_alive: float
-    estimate: int
-    actual: int | None = None
+    estimate: int  # what fitting assumed for the load: a remembered figure or the header's
+    actual: int | None = None  # the latest RSS + VRAM sample
     vram: int = 0
     refs: int = 0
     draining: bool = False
@@ -191,14 +203,15 @@ class _Loaded:
 
     @property
     def need(self) -> int:
-        """What fitting counts for this runner: measured once it has run, else estimated."""
+        """What fitting counts for this runner while it is loaded: its latest sample (memory it
+        really holds now, a request's peak included), else its estimate."""
         return self.actual if self.actual is not None else self.estimate
 
     def measure(self) -> int | None:
-        """Peak resident memory (RAM + the last VRAM reading) seen so far."""
+        """Resident memory now (RAM + the last VRAM reading); the last sample if it has exited."""
         rss = self.runner.rss_bytes()
         if rss is not None:
-            self.actual = max(self.actual or 0, rss + self.vram)
+            self.actual = rss + self.vram
         return self.actual
 
 
@@ -282,7 +295,9 @@ class Scheduler:
         self._events = events
         self._published_depth = 0
         self._starting: dict[str, tuple[RunnerProcess, int]] = {}  # key -> (runner, estimate)
-        self._learned: dict[str, int] = {}  # model -> measured need of its last runner
+        # (runner key, shape) -> steady-state memory of its last runner, for its next fit
+        self._learned: dict[tuple[str, Shape], int] = {}
+        self._held: set[str] = set()  # runner keys kept unloaded while their model is removed
         self._paths = ModelPaths(settings.home, self.catalog.store)
         self._loaded: dict[str, _Loaded] = {}
         self._pending: list[_Pending] = []
@@ -408,7 +423,6 @@ class Scheduler:
         self._unload(entry, "keep-alive expired")
 
     def _unload(self, entry: _Loaded, reason: str, force: bool = False) -> None:
-        self._remember(entry)
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -475,7 +489,8 @@ class Scheduler:
         self._pending = waiting
         self._publish_queue()
         servable = frozenset((k, e.shape) for k, e in self._loaded.items() if e.usable)
-        wanted = next_to_load([p.wants for p in waiting], servable)
+        # A model being removed from the store stays unloaded until that ends; its requests wait.
+        wanted = next_to_load([p.wants for p in waiting if p.key not in self._held], servable)
         if wanted is None or self._stopping:
             return  # nothing to load, or memory is still being returned
         key, shape = wanted
@@ -489,8 +504,18 @@ class Scheduler:
         pending = next(p for p in waiting if p.wants == wanted)
         try:
             spec = await self._spec(pending)
-            need = await self._need(spec)
+            # The shape is part of the key: a ctx-8192 runner needs more than a ctx-2048 one.
+            learned = self._learned.get(wanted)
+            need = learned if learned is not None else await self._estimate(spec)
             budget, free = self._free_memory()
+            if learned is not None and (need > budget or (need > free and not self._loaded)):
+                # A remembered figure can be wrong (another build, a runner that held more
+                # than usual): refuse only on the header's estimate; this load is measured anew.
+                del self._learned[wanted]
+                need = await self._estimate(spec)
+                log.warning("%s: remembered %s does not fit in %s; retrying with its "
+                            "estimate, %s", key, format_bytes(learned),
+                            format_bytes(max(free, 0)), format_bytes(need))
             if need > budget:
                 raise ModelTooLargeError(pending.model, need, budget)  # even alone: evict none
             if not has_room(len(self._loaded), self.max_loaded) or need > free:
@@ -498,6 +523,8 @@ class Scheduler:
                     self._make_room(frozenset(p.key for p in waiting))
                     return
                 raise ModelTooLargeError(pending.model, need, free)
+            if key in self._held:
+                return  # its removal began while we awaited: its end wakes us
             await self._load(key, shape, spec, pending.config, need)
         except Exception as exc:
             self._fail_waiters(wanted, exc)
@@ -509,10 +536,7 @@ class Scheduler:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
-    async def _need(self, spec: LaunchSpec) -> int:
-        learned = self._learned.get(spec.model)
-        if learned is not None:
-            return learned
+    async def _estimate(self, spec: LaunchSpec) -> int:
         # Reading a header is file I/O: off the loop, so loaded traffic keeps flowing.
         return await asyncio.to_thread(
             self._estimator, spec.model_path, spec.ctx_size, spec.parallel
@@ -534,17 +558,21 @@ class Scheduler:
         return budget, free
 
     def _measure_vram(self, entry: _Loaded) -> None:
+        """Sample VRAM and RSS: at load, on health checks and on /api/ps; never per request (a
+        /proc read, and NVML is slower)."""
         pid = entry.runner.pid
         if self._uses_gpu() and pid is not None:
             entry.vram = self._gpu_usage(pid)
-        self._remember(entry)
+        entry.measure()
 
     def _remember(self, entry: _Loaded) -> None:
-        """Record the runner's peak memory for the next fit of this model. Sampled at load,
-        on health checks, on /api/ps and before an unload; never per request (a /proc read)."""
-        measured = entry.measure()
-        if measured is not None:
-            self._learned[entry.key] = measured
+        """Record the runner's steady state, sampled as it turns ready and before any request,
+        for its next load. Only this sample: any later one may be one request's peak, and
+        idle RSS after a big request stays high (glibc keeps freed memory), so learning from
+        either would refuse the next load of a model that fits."""
+        steady = entry.measure()
+        if steady is not None:
+            self._learned[(entry.key, entry.shape)] = steady
 
     async def _stop_runner(self, entry: _Loaded, force: bool) -> None:
         free_before = sum(g.free for g in self._gpu_probe()) if entry.vram else 0
@@ -637,6 +665,7 @@ class Scheduler:
             )
             entry = _Loaded(key, shape, runner, keep_alive, estimate=need)
             self._measure_vram(entry)
+            self._remember(entry)
             self._loaded[key] = entry
             log.info("memory for %s: estimated %s, resident %s", key, format_bytes(need),
                      format_bytes(entry.actual) if entry.actual else "unknown")
@@ -751,6 +780,41 @@ class Scheduler:
         if self._stopping:
             await asyncio.wait(set(self._stopping), timeout=self._settings.stop_timeout + 5)
         return bool(present)
+
+    @contextlib.asynccontextmanager
+    async def removing(self, model: str) -> AsyncIterator[None]:
+        """Unload ``model``'s runners and keep them unloaded for the block (deleting it from
+        the store); :class:`ModelInUseError` if any request is in flight, queued or loading
+        for it, and then nothing has changed.
+
+        The check and the unload happen in one step of the event loop, so no request can
+        attach in between; requests arriving during the block wait, then load (or fail to
+        find the model) once it ends."""
+        resolved = self.catalog.resolve(model)
+        if resolved is None:
+            raise ModelNotFoundError(model)
+        keys = {runner_key(resolved[0], mode) for mode in RunnerMode}
+        present = [entry for key in keys if (entry := self._loaded.get(key)) is not None]
+        users = (sum(entry.refs for entry in present)
+                 + sum(1 for p in self._pending if p.key in keys and not p.future.done()))
+        if users:
+            raise ModelInUseError(model, f"{users} request{'s' if users > 1 else ''} in flight "
+                                  "or waiting for it")
+        if keys & self._starting.keys():
+            raise ModelInUseError(model, "it is loading")
+        held = keys - self._held  # another removal of the same model keeps its own hold
+        self._held |= held
+        try:
+            before = set(self._stopping)
+            for entry in present:
+                self._unload(entry, "removing the model")
+            stops = self._stopping - before
+            if stops:
+                await asyncio.wait(stops, timeout=self._settings.stop_timeout + 5)
+            yield
+        finally:
+            self._held -= held
+            self._wake.set()
 
     async def close(self) -> None:
         """Stop every runner (and any load in progress); each child is reaped."""

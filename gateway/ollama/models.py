@@ -25,7 +25,7 @@ from runner.catalog import Catalog
 from runner.model_info import ModelDescriber, ModelFacts
 from runner.models import is_store_source
 from runner.names import InvalidNameError
-from runner.scheduler import Scheduler
+from runner.scheduler import ModelInUseError, Scheduler
 from runner.store import ModelNotInStoreError, StoreError
 
 
@@ -128,7 +128,11 @@ async def show(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    """Delete a pulled model; a loaded one is unloaded first, as ``ollama rm`` expects."""
+    """Delete a pulled model; a loaded, idle one is unloaded first, as ``ollama rm`` expects.
+
+    One with requests in flight or waiting is refused (409) before anything is touched: the
+    check used to come from the store, after the runner had been set draining, so a refused
+    delete still unloaded the model once its stream ended."""
     model = _requested(parse_object(await request.body()))
     scheduler: Scheduler = request.app.state.scheduler
     configured = scheduler.catalog.settings.resolve_model(model)
@@ -140,8 +144,13 @@ async def delete(request: Request) -> Response:
     try:
         store.require(target)
         if scheduler.catalog.resolve(model) is not None:
-            await scheduler.unload(model)
-        await asyncio.to_thread(store.remove, target)
+            # Loads of the model wait until the files are gone: none can take the lock between.
+            async with scheduler.removing(model):
+                await asyncio.to_thread(store.remove, target)
+        else:
+            await asyncio.to_thread(store.remove, target)
+    except ModelInUseError as exc:
+        raise APIError(409, str(exc), param="model") from exc
     except ModelNotInStoreError as exc:
         raise APIError(404, f"model '{model}' not found", param="model",
                        code="model_not_found") from exc
