@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> Starlette:
                           expose_headers=["x-request-id"])] if settings.cors_origins else []),
             Middleware(APIKeyAuth, keys=settings.api_keys,
                        metrics_public=settings.metrics_public),
-            Middleware(BodyLimit, limit=settings.max_body_bytes),
+            Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout),
             Middleware(HotPath, routes=relayed),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

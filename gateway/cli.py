@@ -47,6 +47,11 @@ async def _serve(settings: Settings, listener: int) -> None:
     config.include_server_header = False
     config.include_date_header = False  # gateway.access_log adds it, formatted once a second
     config.keep_alive_max_requests = 1 << 30  # a client's pooled connection is no burden
+    # Idle connections, and request heads sent slowly, close after keep_alive_timeout: its
+    # timer runs until a whole head is in. read_timeout stays unset: it bounds every read, so
+    # it would cut a client waiting quietly for a long answer too. Slow bodies are bounded by
+    # gateway.body_limit (SWITCHBOARD_BODY_TIMEOUT), unread answers by the relay.
+    config.keep_alive_timeout = 5
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.stop_timeout
     app = create_app(settings)

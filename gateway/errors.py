@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,14 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
         dialect_of(request.url.path))
 
 
+async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
+    # The client left mid-body (routes off the hot path; gateway.hotpath handles its own):
+    # no traceback, and the access log and metrics count nginx's 499, not a 500. Nobody
+    # reads the response.
+    assert isinstance(exc, ClientDisconnect)
+    return Response(status_code=499)
+
+
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     # The traceback goes to our log, never to the client.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -180,5 +188,6 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     APIError: api_error_handler,
     HTTPException: http_exception_handler,
+    ClientDisconnect: client_disconnect_handler,
     Exception: unhandled_error_handler,
 }

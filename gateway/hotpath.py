@@ -10,7 +10,7 @@ on these paths, goes on to the router as usual (a GET still gets its 405).
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -35,3 +35,8 @@ class HotPath:
             # Raised before any response byte (a relay reports mid-stream failures in the
             # stream), so the error can still be the whole answer.
             await exc.response(dialect_of(scope["path"]))(scope, receive, send)
+        except ClientDisconnect:
+            # The client left while sending its body: nobody to answer, and nothing went
+            # wrong here. The access log counts it as 499; as a crash it was a 500 and three
+            # tracebacks per client.
+            return

@@ -5,7 +5,8 @@ untouched unless the client named the model by an alias (then ``model`` is rewri
 it sent) or the runner sent an error (then it is put in the shape of the route's API family).
 A route of another API (Ollama's) passes a :class:`Translation`, which turns the runner's OpenAI
 answer into its own, event by event. A client that goes away drops the upstream connection at
-once, which stops llama-server's generation for it.
+once, which stops llama-server's generation for it; so does one that stops reading, after
+``client_write_timeout``, and an answer (or a streamed event) past ``max_answer_bytes``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -32,8 +33,14 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.payload import take_keep_alive
-from gateway.splice import chunked_writer
-from gateway.upstream import UpstreamBusyError, UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.splice import chunked_writer, client_closer
+from gateway.upstream import (
+    UpstreamBusyError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTooLargeError,
+)
 from runner.models import ModelSourceError
 from runner.process import RunnerStartError, relay_connections
 from runner.scheduler import (
@@ -47,6 +54,7 @@ from runner.scheduler import (
     Scheduler,
     ShuttingDownError,
 )
+from runner.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,53 @@ _HOST = "127.0.0.1"
 WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to leave
 # What a translation raises on an answer it cannot read (orjson's errors are ValueErrors).
 _UNTRANSLATABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+_UNLIMITED = 1 << 62  # max_answer_bytes unset: the per-chunk check stays a comparison
+
+
+class _EventTooLargeError(Exception):
+    """An SSE event from the runner grew past max_answer_bytes."""
+
+
+class _Events:
+    """Cuts a relayed SSE stream into whole events: the start of one not whole yet is held
+    back until its separator comes (llama-server sends each event whole, so this is rare), so
+    that nothing sent ends mid-event and an error that ends the stream is an event of its own.
+    An event (the bytes between two blank-line separators) past ``limit`` raises
+    _EventTooLargeError; at most that much is held."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit or _UNLIMITED
+        self.open = 0  # bytes of the event in progress, held back
+        self._held: list[bytes] = []  # a list: an event in many pieces is joined once
+
+    def whole(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` and the bytes held before it ends with a whole event; maybe
+        nothing."""
+        end = self.open + len(chunk)
+        if end > self.limit:
+            self._check(chunk)
+        cut = chunk.rfind(b"\n\n") + 2
+        if cut < 2:
+            self._held.append(chunk)
+            self.open = end
+            return b""
+        # A separator split across two pieces goes unseen here: two events may then count
+        # as one against the limit, which is meant for megabytes.
+        self.open = len(chunk) - cut
+        events = b"".join([*self._held, chunk[:cut]]) if self._held else chunk[:cut]
+        self._held = [chunk[cut:]] if self.open else []
+        return events
+
+    def _check(self, chunk: bytes) -> None:
+        events = chunk.split(b"\n\n")
+        if self.open + len(events[0]) > self.limit or any(
+                len(event) > self.limit for event in events[1:]):
+            self._held = []
+            raise _EventTooLargeError
+
+    def rest(self) -> bytes:
+        """What was held when the stream ended: an event with no separator after it."""
+        return b"".join(self._held)
 
 
 def _model_rewriter(lease: Lease) -> tuple[bytes, bytes] | None:
@@ -206,7 +261,8 @@ class Relay:
         settings = state.settings
         relay = cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
                     options, state.metrics, settings.stream_idle_timeout or None,
-                    dialect_of(request.scope["path"]), translation, settings.load_ping or None)
+                    dialect_of(request.scope["path"]), translation, settings.load_ping or None,
+                    settings.client_write_timeout or None, settings.max_answer_bytes)
         relay._prompt = (data, vetted.prompt_bytes)
         return relay
 
@@ -225,6 +281,8 @@ class Relay:
         dialect: Dialect = Dialect.OPENAI,
         translation: Translation | None = None,
         load_ping: float | None = None,
+        write_timeout: float | None = None,
+        max_answer: int | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -240,6 +298,10 @@ class Relay:
         # that stops altogether is caught sooner by the health checks; this catches one that
         # still answers them but whose generation is stuck.
         self._idle_timeout = idle_timeout
+        # A client that reads nothing held a runner slot (and a relay connection) for as long
+        # as it liked: the runner is paused by backpressure then, never silent.
+        self._write_timeout = write_timeout
+        self._max_answer = max_answer
         self._dialect = dialect
         self._translation = translation
         # Pings are SSE comments: only SSE streams get them (Ollama's NDJSON has no comments).
@@ -253,16 +315,19 @@ class Relay:
         self._head_sent = False
         self._state: dict[str, Any] | None = None
         self._scope: Scope | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+        self._cut = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._state = scope.get("state")
         self._scope = scope
         if self._state is not None:
             self._state["model"] = self._model  # for the access log and the console
-        task = asyncio.current_task()
+        task = self._task = asyncio.current_task()
         assert task is not None
         left: list[bool] = []
-        watchers: list[asyncio.Task[None]] = []
+        watchers = self._watchers
 
         def watch() -> None:
             watchers.append(asyncio.create_task(_cancel_on_disconnect(receive, task, left)))
@@ -276,10 +341,11 @@ class Relay:
         try:
             await self._lease_and_relay(send)
         except asyncio.CancelledError:
-            if not left:
+            if not left and not self._cut:
                 raise  # shutdown, not the client
             task.uncancel()
-            log.info("client left; cancelled its request for %s", self._model)
+            if not self._cut:  # a client cut off was logged as it was
+                log.info("client left; cancelled its request for %s", self._model)
         finally:
             timer.cancel()
             for watcher in watchers:
@@ -353,11 +419,48 @@ class Relay:
         finally:
             upstream.release()
 
+    def _cut_off(self) -> None:
+        """The client took nothing of its stream for the write timeout, and the runner's
+        connection is closed already (llama-server frees the slot). The relay may be blocked
+        sending to the client for good: reset the client's connection and end the request."""
+        log.warning("client took nothing of its stream for %g s: cut off, its runner slot "
+                    "for %s freed", self._write_timeout, self._model)
+        self._cut = True
+        for watcher in self._watchers:  # the reset reads as the client leaving: said already
+            watcher.cancel()
+        close = client_closer(self._scope) if self._scope is not None else None
+        if close is not None:
+            close()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _chunks(self, upstream: UpstreamResponse,
+                forward: Callable[[bytes], bool] | None = None
+                ) -> contextlib.aclosing[AsyncGenerator[bytes, None]]:
+        """The streamed body, closed however its loop is left, so that nothing of it (its
+        watchdog, its ``forward``) outlives the exchange."""
+        return contextlib.aclosing(upstream.chunks(
+            self._idle_timeout, forward, self._write_timeout, self._cut_off))
+
+    def _too_large(self, lease: Lease, upstream: UpstreamResponse, what: str) -> str:
+        upstream.abort()  # the runner stops generating what nobody will get
+        limit = format_bytes(self._max_answer or 0)
+        log.warning("runner for %s sent %s larger than SWITCHBOARD_MAX_ANSWER_BYTES (%s): "
+                    "cut off", lease.model, what, limit)
+        return (f"runner for '{lease.model}' sent {what} larger than "
+                f"SWITCHBOARD_MAX_ANSWER_BYTES ({limit})")
+
     async def _send_whole(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
         try:
-            body = await upstream.read()
+            body = await upstream.read(self._max_answer)
+        except UpstreamTooLargeError as exc:
+            raise APIError(502, self._too_large(lease, upstream, "an answer"),
+                           code="answer_too_large") from exc
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' failed mid-response: {exc}") from exc
+        # The runner is done: its connection goes back now, not once a client that may read
+        # slowly, or never, has taken the answer.
+        upstream.release()
         content_type = upstream.header(b"content-type") or _JSON
         if upstream.status >= 400 and self._head_sent:
             message = runner_error(body, upstream.status).message
@@ -405,69 +508,79 @@ class Relay:
     async def _send_stream(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
         await self._start_stream(send, upstream.status, upstream.header(b"content-type") or _SSE)
         rewrite = _model_rewriter(lease)
-        pending = b""
         stats = b""  # the last event with token counts: counted once, when the stream ends
+        framer = _Events(self._max_answer)
+        limit = framer.limit
         forward = None
         write = chunked_writer(self._scope) if rewrite is None and self._scope else None
         if write is not None:
             def forward(chunk: bytes) -> bool:
-                # Straight to the client (gateway.splice) unless it needs more than counting.
+                # Straight to the client (gateway.splice) unless it needs more than counting:
+                # an error event, or anything but whole events within the limit (what
+                # llama-server sends), which the framer below must see. Three cheap tests.
                 nonlocal stats
-                if chunk.startswith(_ERROR_EVENTS):
+                if framer.open or len(chunk) > limit or not chunk.endswith(b"\n\n") \
+                        or chunk.startswith(_ERROR_EVENTS):
                     return False
                 if b'"timings"' in chunk or b'"usage"' in chunk:
                     stats = chunk
                 return write(chunk)
         try:
-            async for chunk in upstream.chunks(self._idle_timeout, forward):
-                if b'"timings"' in chunk or b'"usage"' in chunk:
-                    stats = chunk
-                if rewrite is not None:
-                    # Rewrite whole events only: an event split across reads must not dodge it.
-                    pending += chunk
-                    cut = pending.rfind(b"\n\n") + 2
-                    if cut < 2:
+            async with self._chunks(upstream, forward) as chunks:
+                async for chunk in chunks:
+                    # Whole events only: a model rewrite must not miss one split across
+                    # reads, nor an error event land inside one.
+                    chunk = framer.whole(chunk)
+                    if not chunk:
                         continue
-                    chunk, pending = pending[:cut].replace(*rewrite), pending[cut:]
-                if chunk.startswith(_ERROR_EVENTS):
-                    chunk = self._normalise_event(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            tail = pending
+                    if b'"timings"' in chunk or b'"usage"' in chunk:
+                        stats = chunk
+                    if rewrite is not None:
+                        chunk = chunk.replace(*rewrite)
+                    if chunk.startswith(_ERROR_EVENTS):
+                        chunk = self._normalise_event(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            tail = framer.rest()
             if stats:
                 self._observe(lease.model, stats[stats.rfind(b"data: {"):])
+        except _EventTooLargeError:
+            tail = stream_error_event(self._dialect, self._too_large(lease, upstream, "an event"))
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = stream_error_event(self._dialect,
                                       f"runner for '{lease.model}' failed mid-stream: {exc}")
+        upstream.release()  # the runner is done (or gone) before the client has the end
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _send_translated(self, lease: Lease, upstream: UpstreamResponse, send: Send,
                                translation: StreamTranslation) -> None:
         await self._start_stream(send, upstream.status, translation.media_type)
-        pending = b""
+        framer = _Events(self._max_answer)
         stats = b""
         try:
-            async for chunk in upstream.chunks(self._idle_timeout):
-                pending += chunk
-                cut = pending.rfind(b"\n\n") + 2
-                if cut < 2:
-                    continue
-                events, pending = pending[:cut], pending[cut:]
-                out = []
-                for event in events.split(b"\n\n"):
-                    data = _sse_data(event)
-                    if data is None or data == b"[DONE]":
+            async with self._chunks(upstream) as chunks:
+                async for chunk in chunks:
+                    events = framer.whole(chunk)
+                    if not events:
                         continue
-                    if b'"timings"' in data or b'"usage"' in data:
-                        stats = data
-                    out.append(translation.event(data))
-                body = b"".join(out)
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    out = []
+                    for event in events.split(b"\n\n"):
+                        data = _sse_data(event)
+                        if data is None or data == b"[DONE]":
+                            continue
+                        if b'"timings"' in data or b'"usage"' in data:
+                            stats = data
+                        out.append(translation.event(data))
+                    body = b"".join(out)
+                    if body:
+                        await send({"type": "http.response.body", "body": body,
+                                    "more_body": True})
             tail = translation.end()
             if stats:
                 self._observe(lease.model, stats)
+        except _EventTooLargeError:
+            tail = translation.failed(self._too_large(lease, upstream, "an event"))
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = translation.failed(f"runner for '{lease.model}' failed mid-stream: {exc}")
@@ -475,6 +588,7 @@ class Relay:
             log.warning("stream from runner for %s cannot be translated: %r", lease.model, exc)
             tail = translation.failed(f"runner for '{lease.model}' sent an event that cannot "
                                       f"be translated: {exc!r}")
+        upstream.release()  # the runner is done (or gone) before the client has the end
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": tail, "more_body": False})
 

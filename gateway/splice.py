@@ -12,7 +12,8 @@ This reaches into Hypercorn's HTTP/1.1 objects, so it is checked at every use, n
 asyncio TCP server with its h11 protocol and the response is being sent with chunked framing,
 and returns None otherwise (HTTP/2, HTTP/1.0, another ASGI server, a test client); the relay
 then sends through ASGI as before. The head and the final chunk still go through ASGI, so
-h11's state stays right for the connection's next request.
+h11's state stays right for the connection's next request. :func:`client_closer` finds the
+same transport to reset the connection of a client that stopped reading.
 """
 
 from __future__ import annotations
@@ -45,11 +46,9 @@ class ExposeServerSend:
         await self.app(scope, receive, send)
 
 
-def chunked_writer(scope: Scope) -> Callable[[bytes], bool] | None:
-    """A function writing one body chunk to the client's connection, chunk-framed, or None
-    when that cannot be done safely here. Call it only after the response head went out. The
-    function returns False, writing nothing, when the client is slow or gone: that chunk and
-    the rest must then go through ASGI."""
+def _h11_server(scope: Scope) -> tuple[h11.Connection, TCPServer] | None:
+    """The client's h11 connection and Hypercorn's asyncio TCP server for it, if that is what
+    serves this request."""
     stream: Any = getattr(scope.get(_SERVER_SEND), "__self__", None)
     if not isinstance(stream, HTTPStream):
         return None
@@ -60,8 +59,21 @@ def chunked_writer(scope: Scope) -> Callable[[bytes], bool] | None:
     if not isinstance(server, TCPServer):
         return None
     connection = protocol.connection
-    if not isinstance(connection, h11.Connection) or connection.our_state is not h11.SEND_BODY \
-            or not isinstance(
+    if not isinstance(connection, h11.Connection):
+        return None
+    return connection, server
+
+
+def chunked_writer(scope: Scope) -> Callable[[bytes], bool] | None:
+    """A function writing one body chunk to the client's connection, chunk-framed, or None
+    when that cannot be done safely here. Call it only after the response head went out. The
+    function returns False, writing nothing, when the client is slow or gone: that chunk and
+    the rest must then go through ASGI."""
+    found = _h11_server(scope)
+    if found is None:
+        return None
+    connection, server = found
+    if connection.our_state is not h11.SEND_BODY or not isinstance(
         getattr(connection, "_writer", None), ChunkedWriter
     ):
         return None
@@ -75,3 +87,15 @@ def chunked_writer(scope: Scope) -> Callable[[bytes], bool] | None:
         return True
 
     return write
+
+
+def client_closer(scope: Scope) -> Callable[[], None] | None:
+    """A function resetting the client's connection at once, or None when it cannot be found
+    here. For a client that stopped reading: a send to it waits in ``drain()`` for good, and a
+    graceful close would wait as long to flush what is buffered; a reset ends both (Hypercorn
+    then sees the connection lost and tells the app the client went)."""
+    found = _h11_server(scope)
+    if found is None:
+        return None
+    transport = found[1].writer.transport
+    return transport.abort

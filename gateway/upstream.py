@@ -8,14 +8,19 @@ in (httptools decodes chunked transfer encoding), keep-alive with an idle pool.
 
 llama-server closes idle keep-alive connections, so a *reused* connection that fails before any
 response byte arrived is retried once on a fresh one: the runner never saw that request.
+
+A body is bounded three ways, each closing the connection (which stops llama-server generating
+and frees its slot): a runner silent for too long mid-body, a reader that takes nothing of it
+for too long (its client stopped reading), and, read whole, more bytes than the caller allows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -31,6 +36,18 @@ class UpstreamError(ConnectionError):
 
 class UpstreamIdleError(UpstreamError):
     """The runner sent no byte of a body it had started for longer than the idle timeout."""
+
+
+class UpstreamStalledError(UpstreamError):
+    """The reader took nothing of the body for longer than the stall timeout."""
+
+
+class UpstreamTooLargeError(UpstreamError):
+    """The body is longer than the reader allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"answer larger than {limit} bytes")
+        self.limit = limit
 
 
 class UpstreamBusyError(RuntimeError):
@@ -59,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
+        self.taken = 0  # pieces the reader took from the queue: its progress, for the watchdog
         self.last_data = 0.0
         self._headers_done = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
@@ -146,10 +164,22 @@ class _Connection(asyncio.Protocol):
     def idle(self, seconds: float) -> None:
         self._abort(UpstreamIdleError(f"runner sent nothing for {seconds:g} s"))
 
+    def stalled(self, seconds: float) -> None:
+        # What is queued is for a client that takes nothing: the reader, should it come back,
+        # gets the error at once rather than a megabyte more to send first.
+        self._chunks.clear()
+        self._buffered = 0
+        self._abort(UpstreamStalledError(f"the client took nothing for {seconds:g} s"))
+
     @property
     def holding(self) -> bool:
         """Bytes are waiting for the reader, or reading is paused for it: no silence then."""
         return bool(self._chunks) or self._paused
+
+    @property
+    def runners_turn(self) -> bool:
+        """The reader waits for the runner's next byte, with nothing queued for it."""
+        return self._waiter is not None and not self.holding
 
     async def next_chunk(self) -> bytes | None:
         """The next body piece, or None at the end; raises UpstreamError on a broken stream."""
@@ -157,6 +187,7 @@ class _Connection(asyncio.Protocol):
             if self._chunks:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
+                self.taken += 1
                 if self._paused and self._buffered < _HIGH_WATER // 2 and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
@@ -177,26 +208,64 @@ class _Connection(asyncio.Protocol):
             self.transport = None
 
 
-class _IdleWatchdog:
-    """Aborts a body whose runner has been silent for ``seconds``. One timer per stream,
-    re-armed from the time of the last byte when it fires, rather than one per chunk: a token
-    stream's every chunk would otherwise create and cancel a timer on the relay's hot path."""
+class _Watchdog:
+    """Ends a body that stalls. On the runner's turn (the reader waits, nothing queued), a
+    runner silent for ``idle`` seconds: UpstreamIdleError. On the reader's turn (it is away
+    sending what it took, or pieces wait for it), a reader that took nothing for ``stall``
+    seconds: UpstreamStalledError, then ``on_stall``, since a reader blocked on its client
+    forever never sees the error; only its owner can unblock it.
 
-    def __init__(self, conn: _Connection, seconds: float) -> None:
+    One timer per body, re-armed when it fires, rather than one per chunk: a token stream's
+    every chunk would otherwise create and cancel a timer on the relay's hot path. Silence is
+    measured from the time of the last byte, which ``data_received`` notes anyway; the reader's
+    progress from a count of the pieces it took, checked every quarter of ``stall``, so a stall
+    is caught within 1.25 times its timeout without a clock read per piece."""
+
+    def __init__(self, conn: _Connection, idle: float | None, stall: float | None,
+                 on_stall: Callable[[], None] | None) -> None:
         self._conn = conn
-        self._seconds = seconds
+        self._idle = idle
+        self._stall = stall
+        self._on_stall = on_stall
+        self._tick = stall / 4 if stall else None
         self._loop = asyncio.get_running_loop()
-        conn.last_data = time.monotonic()  # the head just came: silence counts from here
-        self._handle = self._loop.call_later(seconds, self._check)
+        now = time.monotonic()
+        conn.last_data = now  # the head just came: silence counts from here
+        self._taken = conn.taken
+        self._progress = now
+        self._handle = self._loop.call_later(self._next(idle), self._check)
+
+    def _next(self, delay: float | None) -> float:
+        """The next check: after ``delay``, or sooner to look at the reader's progress."""
+        tick = self._tick
+        if delay is None:
+            assert tick is not None  # a watchdog watches for something
+            return tick
+        return delay if tick is None else min(delay, tick)
 
     def _check(self) -> None:
-        silent = time.monotonic() - self._conn.last_data
-        if self._conn.holding:  # a slow client, not a silent runner
-            self._handle = self._loop.call_later(self._seconds, self._check)
-        elif silent >= self._seconds:
-            self._conn.idle(self._seconds)
-        else:
-            self._handle = self._loop.call_later(self._seconds - silent, self._check)
+        conn = self._conn
+        now = time.monotonic()
+        runners_turn = conn.runners_turn
+        if runners_turn or conn.taken != self._taken:
+            self._taken = conn.taken
+            self._progress = now
+        if runners_turn:
+            delay = None
+            if self._idle:
+                silent = now - conn.last_data
+                if silent >= self._idle:
+                    conn.idle(self._idle)
+                    return
+                delay = self._idle - silent
+        else:  # a slow client, not a silent runner
+            if self._stall and now - self._progress >= self._stall:
+                conn.stalled(self._stall)
+                if self._on_stall is not None:
+                    self._on_stall()
+                return
+            delay = self._idle
+        self._handle = self._loop.call_later(self._next(delay), self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -208,6 +277,7 @@ class UpstreamResponse:
     def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
+        self._watchdog: _Watchdog | None = None
         self.aborted = False
         self.status = conn.status
         self.headers = conn.headers
@@ -220,16 +290,25 @@ class UpstreamResponse:
         return None
 
     async def chunks(self, idle_timeout: float | None = None,
-                     forward: Callable[[bytes], bool] | None = None) -> AsyncIterator[bytes]:
+                     forward: Callable[[bytes], bool] | None = None,
+                     stall_timeout: float | None = None,
+                     on_stall: Callable[[], None] | None = None) -> AsyncGenerator[bytes, None]:
         """The body as it arrives; after ``idle_timeout`` s without a byte from the runner it
-        raises UpstreamIdleError and closes the connection. Pieces that ``forward`` takes, as
-        they are parsed, are not yielded; one it refuses is, and so is every piece after it
-        until the queue is empty again with the caller back for more: ``forward`` writes only
-        while nothing queued or yielded is still on its way, so the order holds."""
+        raises UpstreamIdleError and closes the connection. After ``stall_timeout`` s in which
+        the caller took nothing while the body waited for it (it did not come back for the
+        next piece), the connection closes, raising UpstreamStalledError, and ``on_stall`` is
+        called: the caller is presumably stuck writing to a client that stopped reading.
+
+        Pieces that ``forward`` takes, as they are parsed, are not yielded; one it refuses is,
+        and so is every piece after it until the queue is empty again with the caller back for
+        more: ``forward`` writes only while nothing queued or yielded is still on its way, so
+        the order holds."""
         conn = self._conn
         if conn is None:
             return
-        watchdog = _IdleWatchdog(conn, idle_timeout) if idle_timeout else None
+        if idle_timeout or stall_timeout:
+            self._watchdog = _Watchdog(conn, idle_timeout or None, stall_timeout or None,
+                                       on_stall)
         try:
             while True:
                 if not conn.holding:
@@ -240,15 +319,39 @@ class UpstreamResponse:
                 yield chunk
         finally:
             conn.forward = None
-            if watchdog is not None:
-                watchdog.cancel()
+            self._stop_watching()
 
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body. Past ``limit`` bytes (announced, or as they come) it closes the
+        connection and raises UpstreamTooLargeError, holding no more than that meanwhile."""
+        if limit is None:
+            return b"".join([chunk async for chunk in self.chunks()])
+        announced = self.header(b"content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            self.abort()
+            raise UpstreamTooLargeError(limit)
+        pieces: list[bytes] = []
+        size = 0
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    break
+                pieces.append(chunk)
+        if size > limit:
+            self.abort()
+            raise UpstreamTooLargeError(limit)
+        return b"".join(pieces)
+
+    def _stop_watching(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def abort(self) -> None:
         """Drop the connection now: the runner sees the client go away and stops generating."""
         self.aborted = True
+        self._stop_watching()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -256,6 +359,9 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Return the connection to the pool if the exchange finished cleanly, else close it."""
+        # Even while a chunks() left unfinished awaits its finalizer: a watchdog firing later
+        # would act on a connection, and call back into a request, that moved on.
+        self._stop_watching()
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool._give_back(conn)

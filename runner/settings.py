@@ -214,6 +214,14 @@ class Settings(BaseModel):
         120.0, description="longest silence from a runner mid-stream before the stream ends "
         "with an error; 0 = none"
     )
+    client_write_timeout: Duration = Field(
+        60.0, ge=0, description="longest a client may leave a relayed answer unread before it "
+        "is cut off and its runner slot freed; 0 = none"
+    )
+    body_timeout: Duration = Field(
+        30.0, ge=0, description="longest a client may take to send its request body (408 "
+        "beyond); 0 = none"
+    )
     load_ping: Duration = Field(
         5.0, description="while a stream waits for its model to load, an SSE comment this "
         "often; 0 = none"
@@ -239,6 +247,10 @@ class Settings(BaseModel):
     )
     max_body_bytes: ByteSize = Field(
         32 * _MIB, description="largest request body accepted (413 beyond)"
+    )
+    max_answer_bytes: ByteSize = Field(
+        64 * _MIB, description="largest unstreamed answer, or single streamed event, relayed "
+        "from a runner (502 beyond)"
     )
     # What a request may ask of a runner (gateway/allowlist.py); beyond a bound: a 400.
     pass_unknown_fields: bool = Field(

@@ -5,7 +5,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.upstream import UpstreamError, UpstreamIdleError, UpstreamPool
+from gateway.upstream import (
+    UpstreamError,
+    UpstreamIdleError,
+    UpstreamPool,
+    UpstreamStalledError,
+    UpstreamTooLargeError,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -407,3 +413,103 @@ async def test_upstream_forward_does_not_outlive_its_exchange(pool: UpstreamPool
         second.release()
         assert server.connections == 1
     assert taken == [b"one", b"two"]
+
+
+def _endless(closed: asyncio.Event, piece: bytes = b"." * 16384) -> Handler:
+    """A runner that streams ``piece`` after ``piece`` until the connection closes, then
+    sets ``closed``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+        finally:
+            closed.set()
+
+    return handler
+
+
+async def test_upstream_reader_that_takes_nothing_past_the_stall_timeout_is_cut_off(
+    pool: UpstreamPool,
+) -> None:
+    stalled, closed = asyncio.Event(), asyncio.Event()
+    async with Server(_endless(closed)) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        chunks = response.chunks(idle_timeout=5, stall_timeout=0.4, on_stall=stalled.set)
+        assert await chunks.__anext__()
+        started = asyncio.get_running_loop().time()
+        # Away, as a relay blocked sending to a client that reads nothing: the runner fills
+        # the queue, reading pauses, and the runner is never silent, only held.
+        await asyncio.wait_for(stalled.wait(), 3)
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.4 <= waited < 0.4 * 1.25 + 0.2
+        with pytest.raises(UpstreamStalledError, match=r"took nothing for 0\.4 s"):
+            await chunks.__anext__()  # at once: what was queued for nobody is dropped
+        # The runner saw its connection closed, which is what frees llama-server's slot.
+        await asyncio.wait_for(closed.wait(), 2)
+        response.release()
+
+
+async def test_upstream_slow_reader_that_keeps_taking_is_not_cut_off(pool: UpstreamPool) -> None:
+    stalled: list[bool] = []
+    async with Server(_endless(asyncio.Event())) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        taken = 0
+        started = asyncio.get_running_loop().time()
+        async for _ in response.chunks(stall_timeout=0.3, on_stall=lambda: stalled.append(True)):
+            taken += 1
+            # Slower than the runner, so something always waits for it, but taking a piece
+            # every 0.1 s: that is progress, however far behind it falls.
+            await asyncio.sleep(0.1)
+            if asyncio.get_running_loop().time() - started > 1.5:
+                break
+        response.abort()
+    assert not stalled and taken >= 10
+
+
+async def test_upstream_read_past_the_limit_closes_the_connection(pool: UpstreamPool) -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(4096):  # 64 MiB, far more than the buffers on the way hold
+                writer.write(b"4000\r\n" + b"x" * 16384 + b"\r\n")
+                await writer.drain()
+        except ConnectionError:
+            closed.set()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        with pytest.raises(UpstreamTooLargeError, match="larger than 100000 bytes"):
+            await response.read(limit=100_000)
+        await asyncio.wait_for(closed.wait(), 5)
+        assert response.aborted
+        response.release()
+
+
+async def test_upstream_read_refuses_an_announced_length_past_the_limit_unread(
+    pool: UpstreamPool,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000001\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # no body: the client must not wait for it
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        with pytest.raises(UpstreamTooLargeError):
+            await asyncio.wait_for(response.read(limit=1_000_000), 1)
+        response.release()
+
+
+async def test_upstream_read_of_exactly_the_limit_is_whole(pool: UpstreamPool) -> None:
+    async with Server(_chunked_pieces(b"a" * 600, b"b" * 400, gap=0)) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"")
+        assert await response.read(limit=1000) == b"a" * 600 + b"b" * 400
+        response.release()
