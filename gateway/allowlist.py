@@ -100,17 +100,51 @@ class Vetted(NamedTuple):
     prompt_bytes: int
 
 
+def _flag(args: tuple[str, ...], names: tuple[str, ...]) -> int | None:
+    """The last integer value of one of ``names`` in ``args`` (llama-server takes the last)."""
+    found = None
+    for i, arg in enumerate(args[:-1]):
+        if arg in names and args[i + 1].isdigit():
+            found = int(args[i + 1])
+    return found
+
+
 def _slot_context(model_path: Path, ctx_size: int, parallel: int,
                   args: tuple[str, ...]) -> tuple[int, int]:
-    """(tokens one request may use, bytes of the longest token) for a runner. llama-server
-    splits its context between its slots unless its KV cache is unified."""
+    """(tokens one request may use, bytes of the longest token) for a runner, rounded up
+    where llama-server might give more: it splits its context between its slots unless its KV
+    cache is unified, and pads each slot's share to a multiple of 256. A model's ``args`` come
+    last on its command line, so they override the configured context and slots."""
     try:
         info = read_header(model_path)
     except (GGUFError, OSError):
         return 0, 0  # llama-server says what is wrong with the file; nothing to check here
-    ctx = ctx_size or info.arch_int("context_length")
+    ctx = _flag(args, ("-c", "--ctx-size")) or ctx_size or info.arch_int("context_length")
+    parallel = _flag(args, ("-np", "--parallel")) or parallel
     unified = "--kv-unified" in args or "-kvu" in args
-    return (ctx if unified else ctx // max(parallel, 1)), info.longest_token
+    slot = ctx if unified else ctx // max(parallel, 1)
+    return -(-slot // 256) * 256, info.longest_token
+
+
+# Keys whose values never become prompt text: media (a base64 image is not its bytes in
+# tokens), ids, and the part types themselves.
+_NOT_TEXT = frozenset({"image_url", "input_audio", "input_video", "video_url", "image",
+                       "images", "source", "file", "type", "id", "tool_call_id",
+                       "cache_control", "signature"})
+
+
+def prompt_text_bytes(data: dict[str, Any]) -> int:
+    """The prompt's text as the tokenizer will see it, or less: strings of the prompt fields
+    without surrounding whitespace (templates trim it), media or ids. An array ``prompt``
+    (``/v1/completions``) is that many prompts, each in its own slot: the longest counts."""
+    total = 0
+    for name in _PROMPT_FIELDS:
+        value = data.get(name)
+        if name == "prompt" and isinstance(value, list):
+            total += max((text_bytes(item, True) for item in value), default=0)
+        elif value is not None:
+            total += text_bytes(value, True)
+    return total
 
 
 async def check_fits(model_path: Path, ctx_size: int, parallel: int, args: tuple[str, ...],
@@ -125,7 +159,7 @@ async def check_fits(model_path: Path, ctx_size: int, parallel: int, args: tuple
                                             args)
     if slot <= 0 or longest <= 0 or prompt_bytes <= slot * longest:
         return
-    text = sum(text_bytes(data.get(name), strip=True) for name in _PROMPT_FIELDS)
+    text = prompt_text_bytes(data)
     at_least = -(-text // longest)
     if at_least > slot:
         raise APIError(400, f"the prompt is at least {at_least} tokens ({text} bytes of text), "
@@ -154,20 +188,42 @@ def _depth(value: object, limit: int) -> int:
     return deepest
 
 
-def text_bytes(value: object, strip: bool = False) -> int:
-    """The UTF-8 bytes of every string inside a JSON value (keys of objects excluded); with
-    ``strip``, less each string's surrounding whitespace, which chat templates trim: the
-    prompt's text as the tokenizer will see it, or less."""
+def schema_size(value: object) -> tuple[int, int]:
+    """(bytes of its strings and object keys, entries of its widest object) for a JSON schema
+    or tool list, iteratively. Keys count: a schema's property names are keys, and llama.cpp's
+    schema-to-grammar converter is cubic in an object's optional properties (1,024 of them
+    took it 2.3 s, 2,048 took 18.5 s, 20,000 hang it)."""
+    size = widest = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            widest = max(widest, len(item))
+            size += sum(len(key) for key in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return size, widest
+
+
+def text_bytes(value: object, trimmed: bool = False) -> int:
+    """The UTF-8 bytes of every string inside a JSON value (keys of objects excluded): an
+    upper bound of the prompt text it holds, cheap enough for every request. ``trimmed``: less
+    each string's surrounding whitespace and the values of ``_NOT_TEXT`` keys, a lower bound
+    of what the tokenizer will see."""
     total = 0
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if strip:
+            if trimmed:
                 item = item.strip()
             total += len(item) if item.isascii() else len(item.encode("utf-8", "replace"))
         elif isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend((v for k, v in item.items() if k not in _NOT_TEXT) if trimmed
+                         else item.values())
         elif isinstance(item, list):
             stack.extend(item)
     return total
@@ -220,9 +276,11 @@ class Allowlist:
             "stop_sequences": self._stop,
             "samplers": self._samplers,
             "dry_sequence_breakers": self._breakers,
+            "repeat_last_n": self._last_n,
+            "dry_penalty_last_n": self._last_n,
             "tools": self._tools,
             "functions": self._tools,
-            "messages": self._items,
+            "messages": self._messages,
             "input": self._items,
             "documents": self._items,
             "content": self._items,
@@ -264,9 +322,20 @@ class Allowlist:
             self._grammar(field, value)
 
     def _sized(self, field: str, value: object, limit: int, setting: str) -> None:
-        size = text_bytes(value)
+        size, widest = schema_size(value)
         if size > limit:
             raise self._refuse(field, f"holds {size} bytes of text", limit, setting)
+        properties = self.settings.max_schema_properties
+        if widest > properties:
+            raise self._refuse(field, f"has an object of {widest} entries", properties,
+                               "max_schema_properties")
+
+    def _last_n(self, field: str, value: Any) -> None:
+        # llama.cpp allocates a ring buffer this long, per request: 2^31 was 8 GiB (16 for
+        # DRY's two). -1 means the context, which is bounded already.
+        limit = self.settings.max_last_n
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise self._refuse(field, f"is {value}", limit, "max_last_n")
 
     def _probs(self, field: str, value: Any) -> None:
         limit = self.settings.max_probs
@@ -278,6 +347,18 @@ class Allowlist:
         if isinstance(value, dict | list) and len(value) > limit:
             raise self._refuse(field, f"has {len(value)} entries", limit, "max_logit_bias")
         self._nesting(field, value)
+        # Entries may be text, which llama-server tokenizes: each as long as a stop string.
+        longest = self.settings.max_stop_length
+        if isinstance(value, dict):
+            texts: list[Any] = list(value)
+        elif isinstance(value, list):  # [[token or text, bias], ...]
+            texts = [entry[0] for entry in value if isinstance(entry, list) and entry]
+        else:
+            texts = []
+        for text in texts:
+            if isinstance(text, str) and len(text) > longest:
+                raise self._refuse(field, f"has a text of {len(text)} characters", longest,
+                                   "max_stop_length")
 
     def _strings(self, field: str, value: Any, count: int, count_setting: str, size: int,
                  size_setting: str) -> None:
@@ -314,6 +395,30 @@ class Allowlist:
             raise self._refuse(field, f"has {len(value)} entries", s.max_tools, "max_tools")
         self._nesting(field, value)
         self._sized(field, value, s.max_tools_bytes, "max_tools_bytes")
+
+    def _messages(self, field: str, value: Any) -> None:
+        self._items(field, value)
+        if isinstance(value, list):
+            for message in value:
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, list):
+                    self._media(field, content)
+
+    @staticmethod
+    def _media(field: str, parts: list[Any]) -> None:
+        """A runner with a projector downloads an http(s) media URL itself, from wherever a
+        client points it (any internal address): only inline ``data:`` URLs reach it."""
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            for kind in ("image_url", "input_audio", "input_video", "video_url"):
+                media = part.get(kind)
+                if isinstance(media, dict):
+                    url = media.get("url", media.get("data"))
+                    if isinstance(url, str) and url.startswith(("http", "file:")):
+                        raise APIError(400, f"'{field}' has a {kind} by URL: send the media "
+                                       "inline as a data: URL", param=field,
+                                       code="unsupported_value")
 
     def _items(self, field: str, value: Any) -> None:
         limit = self.settings.max_messages

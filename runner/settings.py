@@ -249,7 +249,7 @@ class Settings(BaseModel):
         32 * _MIB, description="largest request body accepted (413 beyond)"
     )
     max_answer_bytes: ByteSize = Field(
-        64 * _MIB, description="largest unstreamed answer, or single streamed event, relayed "
+        256 * _MIB, description="largest unstreamed answer, or single streamed event, relayed "
         "from a runner (502 beyond)"
     )
     # What a request may ask of a runner (gateway/allowlist.py); beyond a bound: a 400.
@@ -266,6 +266,9 @@ class Settings(BaseModel):
     max_grammar_bytes: Bytes = Field(
         65536, ge=1, description="a grammar, JSON schema or response_format, in text bytes"
     )
+    max_schema_properties: int = Field(
+        256, ge=1, description="entries in one object of a JSON schema or tool definition"
+    )
     max_tools: int = Field(128, ge=1, description="tools (or functions) in one request")
     max_tools_bytes: Bytes = Field(
         262144, ge=1, description="all tool definitions of a request, in text bytes"
@@ -273,7 +276,13 @@ class Settings(BaseModel):
     max_probs: int = Field(20, ge=0, description="n_probs, top_logprobs or logprobs asked for")
     max_logit_bias: int = Field(1024, ge=0, description="logit_bias entries in one request")
     max_stop: int = Field(16, ge=0, description="stop strings in one request")
-    max_stop_length: int = Field(1024, ge=1, description="characters in one stop string")
+    max_stop_length: int = Field(
+        1024, ge=1, description="characters in one stop string or logit_bias text"
+    )
+    max_last_n: int = Field(
+        65536, ge=0, description="repeat_last_n and dry_penalty_last_n at most (-1, the "
+        "context, is allowed)"
+    )
     max_samplers: int = Field(32, ge=1, description="entries in a request's samplers list")
     max_dry_breakers: int = Field(
         16, ge=1, description="entries in dry_sequence_breakers"

@@ -121,7 +121,7 @@ def test_text_bytes_counts_utf8() -> None:
 
 def _vocabulary_gguf(path: Path) -> Path:
     writer = GGUFWriter(str(path), "gemma3")
-    writer.add_context_length(100)
+    writer.add_context_length(1024)
     writer.add_token_list(["a", "abcd"])  # no token covers more than 4 bytes
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -130,36 +130,99 @@ def _vocabulary_gguf(path: Path) -> Path:
     return path
 
 
-def _fits(path: Path, text: str, ctx: int = 0, parallel: int = 1,
-          args: tuple[str, ...] = ()) -> None:
-    data = {"messages": [{"role": "user", "content": text}]}
+def _fits(path: Path, text: str | list[Any], ctx: int = 0, parallel: int = 1,
+          args: tuple[str, ...] = (), field: str = "messages") -> None:
+    value: Any = [{"role": "user", "content": text}] if field == "messages" else text
+    data = {field: value}
     asyncio.run(check_fits(path, ctx, parallel, args, data, text_bytes(data)))
+
+
+def _refused_fit(path: Path, text: str | list[Any], **how: Any) -> APIError:
+    with pytest.raises(APIError) as caught:
+        _fits(path, text, **how)
+    assert caught.value.code == "context_length_exceeded"
+    return caught.value
 
 
 def test_a_prompt_longer_than_context_times_the_longest_token_is_refused(
         tmp_path: Path) -> None:
     gguf = _vocabulary_gguf(tmp_path / "v.gguf")
-    _fits(gguf, "x" * 396)  # at least 100 tokens (with "user"): may fit the model's 100
-    with pytest.raises(APIError) as caught:
-        _fits(gguf, "x" * 404)  # at least 102
-    assert caught.value.code == "context_length_exceeded"
-    assert "at least 102 tokens" in caught.value.message
+    _fits(gguf, "x" * 4092)  # with "user": at least 1024 tokens, which may fit the 1024
+    assert "at least 1026 tokens" in _refused_fit(gguf, "x" * 4100).message
 
 
 def test_the_context_check_uses_the_configured_context_per_slot(tmp_path: Path) -> None:
     gguf = _vocabulary_gguf(tmp_path / "v.gguf")
-    _fits(gguf, "x" * 396, ctx=200, parallel=2)
-    with pytest.raises(APIError):
-        _fits(gguf, "x" * 404, ctx=200, parallel=2)
-    _fits(gguf, "x" * 404, ctx=200, parallel=2, args=("--kv-unified",))  # one shared cache
+    _fits(gguf, "x" * 4092, ctx=2048, parallel=2)
+    _refused_fit(gguf, "x" * 4100, ctx=2048, parallel=2)
+    _fits(gguf, "x" * 4100, ctx=2048, parallel=2, args=("--kv-unified",))  # one shared cache
+
+
+def test_a_models_args_override_its_context_and_slots(tmp_path: Path) -> None:
+    gguf = _vocabulary_gguf(tmp_path / "v.gguf")
+    _fits(gguf, "x" * 8000, ctx=1024, args=("-c", "4096"))  # the args come last in argv
+    _refused_fit(gguf, "x" * 8000, ctx=4096, args=("--parallel", "4"))
+
+
+def test_each_slots_share_is_padded_as_llama_server_pads_it(tmp_path: Path) -> None:
+    gguf = _vocabulary_gguf(tmp_path / "v.gguf")
+    # 3072 / 5 slots = 614 tokens, which llama-server pads to 768: 3,000 bytes may fit.
+    _fits(gguf, "x" * 3000, ctx=3072, parallel=5)
+
+
+def test_media_and_an_array_of_prompts_do_not_count_as_one_long_text(tmp_path: Path) -> None:
+    gguf = _vocabulary_gguf(tmp_path / "v.gguf")
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 99_999}}
+    _fits(gguf, [{"type": "text", "text": "what is it?"}, image])
+    _fits(gguf, ["x" * 4000] * 10, field="prompt")  # ten prompts, each in its own slot
+    _refused_fit(gguf, ["x" * 4000, "x" * 5000], field="prompt")
 
 
 def test_whitespace_a_template_trims_does_not_count_against_the_context(
         tmp_path: Path) -> None:
     gguf = _vocabulary_gguf(tmp_path / "v.gguf")
-    _fits(gguf, " " * 10_000 + "x" * 300 + "\n" * 10_000)
+    _fits(gguf, " " * 10_000 + "x" * 3000 + "\n" * 10_000)
 
 
 def test_a_file_that_is_not_gguf_is_left_to_the_runner(tmp_path: Path) -> None:
     (tmp_path / "bad.gguf").write_bytes(b"nope")
     _fits(tmp_path / "bad.gguf", "x" * 100_000)
+
+
+@pytest.mark.parametrize(("field", "value", "setting"), [
+    # property names are keys: 20,000 of them hung llama.cpp's schema converter
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "properties": {f"p{i}": {} for i in range(20_000)}}}},
+     "MAX_GRAMMAR_BYTES"),
+    ("json_schema", {"type": "object", "properties": {f"p{i}": {} for i in range(300)}},
+     "MAX_SCHEMA_PROPERTIES"),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {f"p{i}": {} for i in range(300)}}}}],
+     "MAX_SCHEMA_PROPERTIES"),
+    ("repeat_last_n", 2**31 - 1, "MAX_LAST_N"),
+    ("dry_penalty_last_n", 2**31 - 1, "MAX_LAST_N"),
+    ("logit_bias", {"x" * 2000: 1}, "MAX_STOP_LENGTH"),
+    ("logit_bias", [["x" * 2000, 1]], "MAX_STOP_LENGTH"),
+])
+def test_what_a_runner_spends_on_without_showing_it_is_bounded_too(
+        field: str, value: Any, setting: str) -> None:
+    error = _refused(_chat(**{field: value}))
+    assert f"SWITCHBOARD_{setting}" in error.message
+
+
+def test_minus_one_last_n_means_the_context_and_passes() -> None:
+    Allowlist(Settings()).vet(CHAT, _chat(repeat_last_n=-1, dry_penalty_last_n=-1))
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "https://x/y.png",
+                                 "file:///etc/passwd"])
+def test_media_by_url_never_reaches_a_runner(url: str) -> None:
+    parts = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": url}}]
+    error = _refused(_chat(messages=[{"role": "user", "content": parts}]))
+    assert error.param == "messages" and "data: URL" in error.message
+
+
+def test_inline_media_passes() -> None:
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    Allowlist(Settings()).vet(CHAT, _chat(messages=[{"role": "user", "content": parts}]))

@@ -55,7 +55,6 @@ GRAMMARS = st.one_of(
 )
 EXTENSIONS: dict[str, st.SearchStrategy[Any]] = {
     "grammar": GRAMMARS,
-    "json_schema": st.integers(0, 400).map(lambda d: _deep(d, {"type": "string"}, "schema")),
     "response_format": st.integers(0, 400).map(lambda d: {
         "type": "json_schema", "json_schema": {"name": "r", "schema": _deep(
             d, {"type": "string"}, "schema")}}),
@@ -67,11 +66,11 @@ EXTENSIONS: dict[str, st.SearchStrategy[Any]] = {
     "mirostat": st.sampled_from([0, 1, 2, 3, -1]),
     "temperature": NUMBERS,
     "repeat_last_n": NUMBERS,
+    "repeat_penalty": st.floats(0, 2),  # with it, repeat_last_n sizes a real buffer
     "dry_multiplier": NUMBERS,
     "dry_allowed_length": NUMBERS,
     "dry_penalty_last_n": NUMBERS,
     "xtc_probability": NUMBERS,
-    "logit_bias": st.integers(0, 200_000).map(lambda n: {str(i): -1.0 for i in range(n)}),
     "stop": st.tuples(st.integers(0, 100), st.integers(0, 5_000)).map(
         lambda cs: ["s" * cs[1]] * cs[0]),
     "samplers": st.lists(st.sampled_from(SAMPLER_NAMES), max_size=200),
@@ -83,6 +82,14 @@ EXTENSIONS: dict[str, st.SearchStrategy[Any]] = {
     "messages": st.integers(1, 5_000).map(
         lambda n: [{"role": "user", "content": "hi"}] * n),
     "chat_template_kwargs": st.integers(0, 400).map(lambda d: {"k": _deep(d, 1, "list")}),
+    "json_schema": st.one_of(
+        st.integers(0, 400).map(lambda d: _deep(d, {"type": "string"}, "schema")),
+        st.integers(0, 30_000).map(lambda n: {"type": "object", "properties": {
+            f"p{i}": {} for i in range(n)}})),
+    "logit_bias": st.one_of(
+        st.integers(0, 200_000).map(lambda n: {str(i): -1.0 for i in range(n)}),
+        st.tuples(st.integers(0, 2_000), st.integers(0, 5_000)).map(
+            lambda cs: [["t" * cs[1], -1.0]] * cs[0])),
     # Outside the allowlist: dropped before the runner, whatever their values.
     "id_slot": NUMBERS,
     "n_cmpl": NUMBERS,
