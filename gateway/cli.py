@@ -77,7 +77,11 @@ async def _serve(settings: Settings, listener: int) -> None:
 
     # SIGHUP too: without a handler it kills at once, cutting streams (a closed terminal or
     # `kill -HUP` by a supervisor expecting a reload sends it).
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signals = [signal.SIGTERM, signal.SIGINT]
+    # Under nohup SIGHUP is ignored, and must stay so: a closed terminal is no shutdown.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     await serve(ExposeServerSend(app), config,  # type: ignore[arg-type]
                 shutdown_trigger=stop.wait)

@@ -65,10 +65,18 @@ _SSE_HEAD = [(b"content-type", _SSE), (b"cache-control", b"no-cache"),
              (b"x-accel-buffering", b"no")]
 _SSE_ERROR_PREFIX = b'data: {"error"'
 _ERROR_EVENTS = (_SSE_ERROR_PREFIX, b"error:")  # the second: older llama-servers' error lines
+_LATER_ERROR_EVENTS = tuple(b"\n\n" + prefix for prefix in _ERROR_EVENTS)
+
+
+def _has_error_event(chunk: bytes) -> bool:
+    """Whether an error event starts anywhere in ``chunk``: two events may come in one read.
+    (A token's text cannot hold the prefix: inside JSON its quotes are escaped.)"""
+    return chunk.startswith(_ERROR_EVENTS) or any(p in chunk for p in _LATER_ERROR_EVENTS)
 _HOST = "127.0.0.1"
 WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to leave
 # What a translation raises on an answer it cannot read (orjson's errors are ValueErrors).
 _UNTRANSLATABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+_SMALL_ANSWER = 64 * 1024  # what a transport takes without waiting for its client
 _UNLIMITED = 1 << 62  # max_answer_bytes unset: the per-chunk check stays a comparison
 
 
@@ -488,7 +496,30 @@ class Relay:
             "headers": [(b"content-type", content_type),
                         (b"content-length", str(len(body)).encode()), *self._timing],
         })
-        await send({"type": "http.response.body", "body": body})
+        await self._send_last(send, body)
+
+    async def _send_last(self, send: Send, body: bytes) -> None:
+        """The answer's last body message, within the write timeout: the runner is released
+        by now, but a client that never reads would keep its task, its connection and up to
+        max_answer_bytes here for good (Hypercorn has no write timeout). A small answer
+        cannot block on its own, so only a large one, or a stream's end (what it queued
+        before may not have drained), pays for the timer."""
+        message = {"type": "http.response.body", "body": body, "more_body": False}
+        if self._write_timeout is None or (not self._stream and len(body) < _SMALL_ANSWER):
+            with contextlib.suppress(OSError):
+                await send(message)
+            return
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await send(message)
+        except TimeoutError:
+            log.warning("client took nothing of its answer for %g s: cut off (%s)",
+                        self._write_timeout, self._model)
+            close = client_closer(self._scope) if self._scope is not None else None
+            if close is not None:
+                close()
+        except OSError:
+            pass
 
     async def _start_stream(self, send: Send, status: int, content_type: bytes) -> None:
         if self._head_sent:  # by the load pinger, as 200 text/event-stream
@@ -520,7 +551,7 @@ class Relay:
                 # llama-server sends), which the framer below must see. Three cheap tests.
                 nonlocal stats
                 if framer.open or len(chunk) > limit or not chunk.endswith(b"\n\n") \
-                        or chunk.startswith(_ERROR_EVENTS):
+                        or _has_error_event(chunk):
                     return False
                 if b'"timings"' in chunk or b'"usage"' in chunk:
                     stats = chunk
@@ -537,8 +568,8 @@ class Relay:
                         stats = chunk
                     if rewrite is not None:
                         chunk = chunk.replace(*rewrite)
-                    if chunk.startswith(_ERROR_EVENTS):
-                        chunk = self._normalise_event(chunk)
+                    if _has_error_event(chunk):
+                        chunk = self._normalise_events(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = framer.rest()
             if stats:
@@ -550,8 +581,7 @@ class Relay:
             tail = stream_error_event(self._dialect,
                                       f"runner for '{lease.model}' failed mid-stream: {exc}")
         upstream.release()  # the runner is done (or gone) before the client has the end
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await self._send_last(send, tail)
 
     async def _send_translated(self, lease: Lease, upstream: UpstreamResponse, send: Send,
                                translation: StreamTranslation) -> None:
@@ -589,13 +619,15 @@ class Relay:
             tail = translation.failed(f"runner for '{lease.model}' sent an event that cannot "
                                       f"be translated: {exc!r}")
         upstream.release()  # the runner is done (or gone) before the client has the end
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await self._send_last(send, tail)
 
     @staticmethod
-    def _normalise_event(chunk: bytes) -> bytes:
-        """An error event in OpenAI's shape; older llama-servers sent 'error: {...}' lines,
+    def _normalise_events(chunk: bytes) -> bytes:
+        """Error events in OpenAI's shape; older llama-servers sent 'error: {...}' lines,
         which SSE clients drop as an unknown field, hiding the failure."""
-        event, sep, rest = chunk.partition(b"\n\n")
-        payload = event.split(b":", 1)[1].strip()
-        return b"data: " + normalise_error(payload, 500) + (sep or b"\n\n") + rest
+        events = chunk.split(b"\n\n")
+        for i, event in enumerate(events):
+            if event.startswith(_ERROR_EVENTS):
+                payload = event.split(b":", 1)[1].strip()
+                events[i] = b"data: " + normalise_error(payload, 500)
+        return b"\n\n".join(events)

@@ -445,7 +445,7 @@ async def test_upstream_reader_that_takes_nothing_past_the_stall_timeout_is_cut_
         # the queue, reading pauses, and the runner is never silent, only held.
         await asyncio.wait_for(stalled.wait(), 3)
         waited = asyncio.get_running_loop().time() - started
-        assert 0.4 <= waited < 0.4 * 1.25 + 0.2
+        assert 0.4 <= waited < 1.5  # 0.4 s, checked every 0.1 s; slack for a busy machine
         with pytest.raises(UpstreamStalledError, match=r"took nothing for 0\.4 s"):
             await chunks.__anext__()  # at once: what was queued for nobody is dropped
         # The runner saw its connection closed, which is what frees llama-server's slot.

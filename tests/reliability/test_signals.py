@@ -53,3 +53,19 @@ def test_sighup_drains_like_sigterm_the_stream_ends_and_new_requests_get_503(
     finally:
         served.stop(signal.SIGKILL)
         reader.join(30)
+
+
+def test_under_nohup_sighup_stays_ignored(tmp_path: Path, fake_runner: Path) -> None:
+    # An ignored signal stays ignored across exec: the server starts as `nohup` starts it.
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        served = start_fake_server(tmp_path, fake_runner, {"fake": {}})
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    try:
+        served.proc.send_signal(signal.SIGHUP)
+        assert not wait_until(lambda: served.proc.poll() is not None
+                              or "draining:" in served.log_text(), 2)
+        assert httpx.get(f"{served.url}/health", timeout=5).status_code == 200
+    finally:
+        assert served.stop() == 0

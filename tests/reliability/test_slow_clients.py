@@ -29,6 +29,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, fake_runner: Path) -> Itera
     root = tmp_path_factory.mktemp("slow")
     models = {"endless": {"args": ["--fake-mode", "endless",
                                    "--fake-marker", str(root / "endless-left")]},
+              "huge": {"args": ["--fake-mode", "huge", "--fake-size", str(8 << 20)]},
               "fake": {}}
     server = start_fake_server(root, fake_runner, models, {
         "SWITCHBOARD_STREAM_IDLE_TIMEOUT": "5s",
@@ -46,13 +47,13 @@ def _request(path: str, body: bytes, length: int | None = None) -> bytes:
                                                 else length, body))
 
 
-def _never_reading(served: Served, model: str) -> socket.socket:
-    """A streaming request from a client that never reads its answer, with a receive buffer
-    as small as the kernel allows."""
+def _never_reading(served: Served, model: str, stream: bool = True) -> socket.socket:
+    """A request from a client that never reads its answer, with a receive buffer as small
+    as the kernel allows."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     sock.connect(("127.0.0.1", served.port))
-    body = orjson.dumps({"model": model, "messages": HI, "stream": True})
+    body = orjson.dumps({"model": model, "messages": HI, "stream": stream})
     sock.sendall(_request("/v1/chat/completions", body))
     return sock
 
@@ -92,6 +93,24 @@ def test_clients_that_stop_reading_are_cut_off_and_free_the_model(served: Served
     # One line each, saying what happened, and llama-server saw its connection closed.
     assert wait_until(lambda: served.log_text().count("cut off") == 2, 5), served.log_text()
     assert (served.tmpdir.parent / "endless-left").exists()
+    assert "Traceback" not in served.log_text()
+
+
+def test_a_client_that_never_reads_a_large_answer_is_cut_off(served: Served) -> None:
+    # The runner is released once its answer is in; the client still held its connection,
+    # its task and 8 MiB of answer for as long as it liked.
+    sock = _never_reading(served, "huge", stream=False)
+    try:
+        assert wait_until(lambda: "took nothing of its answer" in served.log_text(),
+                          BOUND + 10), served.log_text()[-2000:]
+        sock.settimeout(5)
+        got = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):  # what was queued, then the end
+                got += len(chunk)
+        assert got < 8 << 20, "the whole answer arrived: nothing was cut off"
+    finally:
+        sock.close()
     assert "Traceback" not in served.log_text()
 
 
