@@ -4,6 +4,7 @@ afterwards the runner is the same process and still answers."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +103,27 @@ def test_a_long_prompt_that_fits_is_checked_and_answered(served: Served) -> None
     answer = _chat(served, messages=[{"role": "user", "content": "hello world " * 500}])
     assert answer.status_code == 200, answer.text
     assert 900 < answer.json()["usage"]["prompt_tokens"] < 2048
+
+
+def test_the_rest_of_the_list_leaves_the_same_runner_serving(served: Served) -> None:
+    """What of issue 18's list reaches a live server without reaching the runner: a path
+    that would forge a log line, a client leaving mid-upload, a malformed chunked body, a
+    body that never ends (bounded by SWITCHBOARD_BODY_TIMEOUT, 30 s: left, not waited on)."""
+    assert _chat(served).status_code == 200
+    (pid,) = served.runner_pids()
+    forged = httpx.get(f"{served.url}/v1/models%0a2026-12-02 05:00:00,000 INFO "
+                       "switchboard.access: forged%1b[31m", timeout=10)
+    assert forged.status_code == 404
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head + b"Content-Length: 100000\r\n\r\n" + b'{"model": "gemma3:270m"')
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
+    after = _chat(served)
+    assert after.status_code == 200
+    assert served.runner_pids() == [pid]
+    log = served.log_text()
+    assert "Traceback" not in log and "\x1b" not in log
+    assert not any(line.startswith("2026-12-02 05:00:00,000") for line in log.splitlines())
