@@ -152,6 +152,11 @@ def start_router(binary: Path, gguf: Path, template: Path, work: Path, names: li
     return Peer("router", url, names[0], proc.pid, _stopper(proc))
 
 
+# A gateway in front of the stub: the stub's own request field (stub_interval, which spaces
+# its tokens) is outside the allowlist, and would be dropped on its way.
+STUB_ENV = {"SWITCHBOARD_LLM_LIBRARY": "system", "SWITCHBOARD_PASS_UNKNOWN_FIELDS": "true"}
+
+
 def start_switchboard(work: Path, models: dict[str, dict[str, Any]],
                       env: dict[str, str] | None = None) -> Peer:
     root = Path(tempfile.mkdtemp(dir=work, prefix="switchboard-"))
@@ -435,8 +440,8 @@ def run_all(quick: bool) -> Results:
         stub = start_stub(wrapper, work)
         # The stub serves any number at once; 64 slots keep the gateway's per-runner connection
         # cap (slots + 1, sized for llama-server's threads) out of what is measured.
-        board = start_switchboard(work, {MODEL: {"source": str(dummy), "parallel": 64}}, {
-            "SWITCHBOARD_LLAMA_SERVER": str(wrapper), "SWITCHBOARD_LLM_LIBRARY": "system"})
+        board = start_switchboard(work, {MODEL: {"source": str(dummy), "parallel": 64}},
+                                  STUB_ENV | {"SWITCHBOARD_LLAMA_SERVER": str(wrapper)})
         floors: list[Peer] = []
         try:
             floors += [start_floor("fixed", work, stub), start_floor("relay", work, stub)]

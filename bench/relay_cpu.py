@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.peers import MODEL, per_token_cpu, start_switchboard, stub_wrapper
+from bench.peers import MODEL, STUB_ENV, per_token_cpu, start_switchboard, stub_wrapper
 from tests.fakes.gguf import write_empty_gguf
 
 
@@ -32,8 +32,8 @@ def main() -> None:
         wrapper = stub_wrapper(work)
         dummy = work / "stub.gguf"
         write_empty_gguf(dummy)
-        board = start_switchboard(work, {MODEL: {"source": str(dummy)}}, {
-            "SWITCHBOARD_LLAMA_SERVER": str(wrapper), "SWITCHBOARD_LLM_LIBRARY": "system"})
+        board = start_switchboard(work, {MODEL: {"source": str(dummy)}},
+                                  STUB_ENV | {"SWITCHBOARD_LLAMA_SERVER": str(wrapper)})
         try:
             per_token = per_token_cpu(board, args.streams, args.tokens, args.interval)
         finally:
