@@ -102,11 +102,16 @@ def create_app(settings: Settings) -> Starlette:
         def loaded(model: str, seconds: float) -> None:
             metrics.load_seconds.labels(model).observe(seconds)
 
-        scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded, events=bus)
+        upstream = UpstreamPool(max_waiters=settings.max_queue)
+
+        def stopped(port: int) -> None:
+            upstream.close_host("127.0.0.1", port)  # else every runner ever started stays
+
+        scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded, on_stop=stopped,
+                              events=bus)
         sampler = events.MemorySampler(bus, scheduler, settings.events_sample)
         metrics.scheduler = scheduler
         metrics.events = bus
-        upstream = UpstreamPool(max_waiters=settings.max_queue)
         puller = Puller(settings, scheduler.catalog.store)
         app.state.settings = settings
         app.state.allowlist = Allowlist(settings)

@@ -275,6 +275,7 @@ class Scheduler:
         gpu_probe: GpuProbe = gpus,
         gpu_usage: GpuUsage = gpu_memory_of,
         on_load: Callable[[str, float], None] | None = None,
+        on_stop: Callable[[int], None] | None = None,
         catalog: Catalog | None = None,
         backends: Backends | None = None,
         events: EventBus | None = None,
@@ -292,6 +293,8 @@ class Scheduler:
         self._gpu_probe = gpu_probe
         self._gpu_usage = gpu_usage
         self._on_load = on_load
+        # Told each runner's port once it is gone, so the relay's pool forgets that address.
+        self._on_stop = on_stop
         self._events = events
         self._published_depth = 0
         self._starting: dict[str, tuple[RunnerProcess, int]] = {}  # key -> (runner, estimate)
@@ -577,6 +580,7 @@ class Scheduler:
     async def _stop_runner(self, entry: _Loaded, force: bool) -> None:
         free_before = sum(g.free for g in self._gpu_probe()) if entry.vram else 0
         await entry.runner.stop(force=force)
+        self._gone(entry.runner)
         self._publish_runner(entry.key, entry.runner, "stopped")
         if not entry.vram:
             return
@@ -699,12 +703,17 @@ class Scheduler:
             ),
         )
 
+    def _gone(self, runner: RunnerProcess) -> None:
+        if self._on_stop is not None and runner.port:
+            self._on_stop(runner.port)
+
     def _on_runner_exit(self, runner: RunnerProcess) -> None:
         for key, entry in list(self._loaded.items()):
             if entry.runner is runner:
                 if entry.timer is not None:
                     entry.timer.cancel()
                 del self._loaded[key]
+                self._gone(runner)
                 log.warning("runner for %s left the loaded set; the next request reloads it",
                             key)
                 self._publish_runner(key, runner, "failed", error="exited unexpectedly")

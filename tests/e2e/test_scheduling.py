@@ -160,7 +160,7 @@ def test_alternating_models_with_one_slot_are_collated(tmp_path: Path,
         served.stop()
 
 
-def test_memory_estimate_is_within_a_quarter_of_actual_rss(tmp_path: Path,
+def test_memory_estimate_is_within_a_tenth_of_actual_rss(tmp_path: Path,
                                                            gemma_path: Path) -> None:
     base = gemma_models(gemma_path)["gemma3:270m"]
     models = {"ctx2k": {**base, "ctx_size": 2048, "aliases": []},
@@ -174,7 +174,8 @@ def test_memory_estimate_is_within_a_quarter_of_actual_rss(tmp_path: Path,
             actual = info["memory"]["actual_bytes"]
             print(f"{info['model']}: estimated {estimated / 2**20:.0f} MiB, "
                   f"actual RSS {actual / 2**20:.0f} MiB, ratio {estimated / actual:.3f}")
-            assert abs(estimated - actual) <= 0.25 * actual
+            # Measured 4.0% (ctx 2048) and 4.7% (ctx 8192) under; README says as much.
+            assert abs(estimated - actual) <= 0.10 * actual
     finally:
         served.stop()
 

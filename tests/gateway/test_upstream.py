@@ -83,6 +83,26 @@ async def test_upstream_reuses_a_keep_alive_connection(pool: UpstreamPool) -> No
         assert server.requests[0].endswith(b"\r\n\r\n{}")
 
 
+async def test_a_forgotten_runner_leaves_nothing_in_the_pool(pool: UpstreamPool) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            server.requests.append(await _read_request(reader))
+            writer.write(_fixed(b"{}"))
+            await writer.drain()
+
+    async with Server(handler) as server:
+        response = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"{}")
+        await response.read()
+        response.release()
+        assert ("127.0.0.1", server.port) in pool._hosts
+        pool.close_host("127.0.0.1", server.port)  # what the app does once a runner stops
+        assert pool._hosts == {}
+        again = await pool.request("127.0.0.1", server.port, b"POST", b"/", [], b"{}")
+        await again.read()
+        again.release()
+        assert server.connections == 2, "the idle connection to the gone runner was kept"
+
+
 async def test_upstream_retries_a_stale_idle_connection_once(pool: UpstreamPool) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from runner.gguf_header import GGUFInfo
-from runner.memory import estimate, gpus, system_memory
+from runner.memory import estimate, gpu_library, gpus, system_memory
 from runner.settings import load_settings, parse_bytes
 from runner.units import MiB, format_bytes
 
@@ -46,8 +46,32 @@ def test_system_memory_reads_meminfo(tmp_path: Path) -> None:
     assert system_memory(tmp_path / "missing") == (0, 0)
 
 
-def test_gpus_without_nvidia_hardware_is_empty_not_an_error() -> None:
-    assert isinstance(gpus(), list)
+def test_gpus_without_nvidia_hardware_is_empty_not_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pynvml
+
+    def no_driver() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
+    assert gpus() == []
+    assert gpu_library() is None
+
+
+def test_gpus_when_nvml_fails_mid_call_is_empty_and_shut_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pynvml
+
+    shut: list[bool] = []
+
+    def broken() -> int:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: shut.append(True))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", broken)
+    assert gpus() == []
+    assert shut == [True]
 
 
 def test_format_bytes() -> None:

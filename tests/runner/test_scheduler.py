@@ -143,7 +143,7 @@ def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = 
         models[name] = ModelConfig(source=str(gguf),
                                    backend=(backends or {}).get(name, "llama-cpp"))
     hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources", "installed",
-                                        "events") if k in kwargs}
+                                        "events", "on_stop") if k in kwargs}
     config = Settings(home=tmp_path, models=models, **kwargs)
     payloads = Payloads(root=tmp_path / "p", sources=hooks.pop("sources", {}),
                         system_binary=tmp_path / "bin")
@@ -853,4 +853,21 @@ async def test_scheduler_publishes_a_failed_load(tmp_path: Path) -> None:
     assert states == ["starting", "failed"]
     failed = next(e for e in watching._events if e.data.get("state") == "failed")
     assert "exited with code 3" in failed.data["error"]
+    await scheduler.close()
+
+
+async def test_each_runner_gone_is_reported_by_port_once_unloaded_or_crashed(
+        tmp_path: Path) -> None:
+    # The relay's connection pool keys hosts by port; told nothing, it kept every runner's.
+    factory = Factory()
+    gone: list[int] = []
+    scheduler = _scheduler(tmp_path, factory, on_stop=gone.append)
+    async with scheduler.acquire("a", keep_alive=0):
+        factory.made[0].port = 5001
+    await asyncio.sleep(0)
+    assert gone == [5001]
+    async with scheduler.acquire("b"):
+        factory.made[1].port = 5002
+    factory.made[1].crash()
+    assert gone == [5001, 5002]
     await scheduler.close()
