@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,6 +32,7 @@ from gateway import (
     openapi,
     pull,
     rerank,
+    splice,
 )
 from gateway.access_log import AccessLog
 from gateway.allowlist import Allowlist
@@ -69,6 +71,10 @@ def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> No
     log.info("switchboard %s listening on %s", version("switchboard"), where)
     log.info("runner: %s", explain(scheduler.variants(), read_cpu_flags(), gpu,
                                    settings.llm_library))
+    if splice.UNAVAILABLE is None:
+        log.info("%s", splice.describe())
+    else:
+        log.warning("%s", splice.describe())
     found = gpus()
     for device in found:
         log.info("GPU %d: %s, %s free of %s", device.index, device.name,
@@ -88,8 +94,28 @@ def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> No
 UI = Path(__file__).parent / "ui"
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The gateway; runners are extracted at startup and all stopped and removed at shutdown."""
+# What may sit between the server and the relay: the relay writes stream chunks straight to
+# the client's transport (gateway.splice), past every middleware, so one that changes bodies
+# (compression, rewriting) would see a stream's head and end but not its middle.
+_BODY_PRESERVING: frozenset[type] = frozenset({AccessLog, Drain, CORSMiddleware, APIKeyAuth,
+                                               BodyLimit, HotPath})
+
+
+def _check_middleware(extra: Sequence[Middleware]) -> None:
+    for entry in extra:
+        cls: Any = entry.cls
+        if cls not in _BODY_PRESERVING and not getattr(cls, "preserves_bodies", False):
+            raise ValueError(
+                f"{cls.__name__} would sit inside the relay's direct writes (gateway.splice), "
+                "which bypass it: a middleware that changes response bodies must wrap the "
+                "server instead; one that does not can say so with preserves_bodies = True")
+
+
+def create_app(settings: Settings, middleware: Sequence[Middleware] = ()) -> Starlette:
+    """The gateway; runners are extracted at startup and all stopped and removed at shutdown.
+    ``middleware`` goes inside the gateway's own, before routing; it must leave bodies as
+    they are (see ``_check_middleware``)."""
+    _check_middleware(middleware)
     metrics = Metrics()
     bus = EventBus()
 
@@ -156,6 +182,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(APIKeyAuth, keys=settings.api_keys,
                        metrics_public=settings.metrics_public),
             Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout),
+            *middleware,
             Middleware(HotPath, routes=relayed),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -72,9 +72,23 @@ class Metrics:
         self.load_seconds = Histogram("switchboard_runner_load_seconds",
                                       "spawn to /health 200", ["model"],
                                       buckets=_LOAD_BUCKETS, registry=self.registry)
+        # Stream chunks written straight to the client's transport (gateway.splice) or
+        # through ASGI: a direct path silently lost to a Hypercorn or h11 upgrade shows here.
+        self.relay_writes = Counter("switchboard_relay_writes", "streamed chunks relayed, by "
+                                    "path: direct (to the transport) or asgi", ["path"],
+                                    registry=self.registry)
+        self._direct_writes = self.relay_writes.labels("direct")
+        self._asgi_writes = self.relay_writes.labels("asgi")
         self.registry.register(_SchedulerGauges(self))
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._token_children: dict[str, tuple[Any, Any]] = {}
+
+    def observe_writes(self, direct: int, asgi: int) -> None:
+        """One stream's chunks, counted once at its end rather than per chunk."""
+        if direct:
+            self._direct_writes.inc(direct)
+        if asgi:
+            self._asgi_writes.inc(asgi)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         # labels() hashes and locks on every call; the children are few and fixed, so

@@ -545,19 +545,22 @@ class Relay:
         framer = _Events(self._max_answer)
         limit = framer.limit
         forward = None
+        direct = queued = 0  # chunks written each way, for /metrics once the stream ends
         write = chunked_writer(self._scope) if rewrite is None and self._scope else None
         if write is not None:
             def forward(chunk: bytes) -> bool:
                 # Straight to the client (gateway.splice) unless it needs more than counting:
                 # an error event, or anything but whole events within the limit (what
                 # llama-server sends), which the framer below must see. Three cheap tests.
-                nonlocal stats
+                nonlocal stats, direct
                 if framer.open or len(chunk) > limit or not chunk.endswith(b"\n\n") \
                         or _has_error_event(chunk):
                     return False
                 if b'"timings"' in chunk or b'"usage"' in chunk:
                     stats = chunk
-                return write(chunk)
+                written = write(chunk)
+                direct += written
+                return written
         try:
             async with self._chunks(upstream, forward) as chunks:
                 async for chunk in chunks:
@@ -572,6 +575,7 @@ class Relay:
                         chunk = chunk.replace(*rewrite)
                     if _has_error_event(chunk):
                         chunk = self._normalise_events(chunk)
+                    queued += 1
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = framer.rest()
             if stats:
@@ -583,6 +587,8 @@ class Relay:
             tail = stream_error_event(self._dialect,
                                       f"runner for '{lease.model}' failed mid-stream: {exc}")
         upstream.release()  # the runner is done (or gone) before the client has the end
+        if self._metrics is not None:
+            self._metrics.observe_writes(direct, queued)
         await self._send_last(send, tail)
 
     async def _send_translated(self, lease: Lease, upstream: UpstreamResponse, send: Send,

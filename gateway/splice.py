@@ -21,12 +21,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import h11
-from h11._writers import ChunkedWriter
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.http_stream import HTTPStream
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+# Private modules of h11 and Hypercorn: a release that renames them must cost the direct
+# path only, never the gateway's start. UNAVAILABLE then says why, once, in the start banner.
+UNAVAILABLE: str | None = None
+try:
+    import h11
+    from h11._writers import ChunkedWriter
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import HTTPStream
+except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on the versions
+    UNAVAILABLE = f"{type(exc).__name__}: {exc}"
 
 _SERVER_SEND = "switchboard.server_send"
 # Above this many bytes unsent to the client, chunks go through ASGI, whose drain() waits for
@@ -46,22 +53,29 @@ class ExposeServerSend:
         await self.app(scope, receive, send)
 
 
-def _h11_server(scope: Scope) -> tuple[h11.Connection, TCPServer] | None:
-    """The client's h11 connection and Hypercorn's asyncio TCP server for it, if that is what
-    serves this request."""
+def _h11_server(scope: Scope) -> tuple[h11.Connection, Any] | None:
+    """The client's h11 connection and its transport, if Hypercorn's asyncio TCP server with
+    its h11 protocol serves this request, and these versions of them have the attributes
+    walked here: each step is looked up with a default, so a rename means None (the ASGI
+    path), never an AttributeError on a request."""
+    if UNAVAILABLE is not None:
+        return None
     stream: Any = getattr(scope.get(_SERVER_SEND), "__self__", None)
     if not isinstance(stream, HTTPStream):
         return None
-    protocol: Any = getattr(stream.send, "__self__", None)
+    protocol: Any = getattr(getattr(stream, "send", None), "__self__", None)
     if not isinstance(protocol, H11Protocol):
         return None
-    server: Any = getattr(protocol.send, "__self__", None)
+    server: Any = getattr(getattr(protocol, "send", None), "__self__", None)
     if not isinstance(server, TCPServer):
         return None
-    connection = protocol.connection
-    if not isinstance(connection, h11.Connection):
+    connection = getattr(protocol, "connection", None)
+    transport = getattr(getattr(server, "writer", None), "transport", None)
+    if not isinstance(connection, h11.Connection) or not all(
+            hasattr(transport, name) for name in ("write", "abort", "is_closing",
+                                                  "get_write_buffer_size")):
         return None
-    return connection, server
+    return connection, transport
 
 
 def chunked_writer(scope: Scope) -> Callable[[bytes], bool] | None:
@@ -72,12 +86,11 @@ def chunked_writer(scope: Scope) -> Callable[[bytes], bool] | None:
     found = _h11_server(scope)
     if found is None:
         return None
-    connection, server = found
-    if connection.our_state is not h11.SEND_BODY or not isinstance(
+    connection, transport = found
+    if getattr(connection, "our_state", None) is not h11.SEND_BODY or not isinstance(
         getattr(connection, "_writer", None), ChunkedWriter
     ):
         return None
-    transport = server.writer.transport
 
     def write(chunk: bytes) -> bool:
         if transport.is_closing() or transport.get_write_buffer_size() > HIGH_WATER:
@@ -97,5 +110,13 @@ def client_closer(scope: Scope) -> Callable[[], None] | None:
     found = _h11_server(scope)
     if found is None:
         return None
-    transport = found[1].writer.transport
-    return transport.abort
+    abort: Callable[[], None] = found[1].abort
+    return abort
+
+
+def describe() -> str:
+    """One line for the start banner: whether streams can be written straight to clients."""
+    if UNAVAILABLE is not None:
+        return (f"relay: direct writes off, streams go through ASGI (h11 or Hypercorn "
+                f"internals changed: {UNAVAILABLE})")
+    return "relay: direct writes to clients on (Hypercorn h11 over asyncio)"
