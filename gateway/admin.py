@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import APIError
+from gateway.errors import model_not_found
 from gateway.ollama.models import details
 from gateway.payload import parse_object, require_model
 from gateway.responses import JSONBytes
@@ -71,8 +71,7 @@ async def unload(request: Request) -> Response:
     try:
         was_loaded = await request.app.state.scheduler.unload(model)
     except ModelNotFoundError as exc:
-        raise APIError(404, f"model '{model}' not found", param="model",
-                       code="model_not_found") from exc
+        raise model_not_found(model) from exc
     return JSONBytes({"model": model, "unloaded": was_loaded})
 
 

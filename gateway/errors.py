@@ -130,6 +130,11 @@ class APIError(Exception):
         return Response(self.body(dialect), self.status, headers, media_type="application/json")
 
 
+def model_not_found(name: str) -> APIError:
+    """The one answer for a model name that names nothing servable, on every route."""
+    return APIError(404, f"model '{name}' not found", param="model", code="model_not_found")
+
+
 def runner_error(raw: bytes, status: int) -> APIError:
     """What a runner's error body says, whatever shape it came in."""
     try:

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import APIError
+from gateway.errors import model_not_found
 from gateway.responses import JSONBytes
 
 _CREATED = int(time.time())
@@ -26,7 +26,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     name = request.path_params["model"]
     if request.app.state.scheduler.catalog.resolve(name) is None:
-        raise APIError(404, f"model '{name}' not found", param="model", code="model_not_found")
+        raise model_not_found(name)
     return JSONBytes(_entry(name))
 
 

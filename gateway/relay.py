@@ -27,6 +27,7 @@ from gateway.errors import (
     APIError,
     Dialect,
     dialect_of,
+    model_not_found,
     normalise_error,
     runner_error,
     stream_error_event,
@@ -179,8 +180,7 @@ def scheduler_errors(model: str) -> Iterator[None]:
     try:
         yield
     except ModelNotFoundError as exc:
-        raise APIError(404, f"model '{exc.args[0]}' not found", param="model",
-                       code="model_not_found") from exc
+        raise model_not_found(exc.args[0]) from exc
     except QueueFullError as exc:
         raise APIError(503, str(exc), code="queue_full",
                        headers={"Retry-After": str(exc.retry_after)}) from exc

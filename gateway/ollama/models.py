@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import APIError
+from gateway.errors import APIError, model_not_found
 from gateway.payload import parse_object
 from gateway.responses import JSONBytes
 from runner.catalog import Catalog
@@ -109,8 +109,7 @@ async def show(request: Request) -> Response:
     catalog: Catalog = request.app.state.scheduler.catalog
     resolved = catalog.resolve(model)
     if resolved is None:
-        raise APIError(404, f"model '{model}' not found", param="model",
-                       code="model_not_found")
+        raise model_not_found(model)
     describer: ModelDescriber = request.app.state.describer
     facts = await asyncio.to_thread(describer.describe, model, resolved[1])
     body: dict[str, Any] = {
@@ -152,8 +151,7 @@ async def delete(request: Request) -> Response:
     except ModelInUseError as exc:
         raise APIError(409, str(exc), param="model") from exc
     except ModelNotInStoreError as exc:
-        raise APIError(404, f"model '{model}' not found", param="model",
-                       code="model_not_found") from exc
+        raise model_not_found(model) from exc
     except InvalidNameError as exc:
         raise APIError(400, str(exc), param="model") from exc
     except StoreError as exc:  # still held, by a runner of another server on this store
