@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.errors import APIError
-from runner.gguf_header import GGUFError, read_header
+from runner.gguf_header import GGUFError, GGUFInfo, cached_header, read_header
 from runner.settings import Settings
 
 _SAMPLING = frozenset({
@@ -109,16 +109,17 @@ def _flag(args: tuple[str, ...], names: tuple[str, ...]) -> int | None:
     return found
 
 
-def _slot_context(model_path: Path, ctx_size: int, parallel: int,
-                  args: tuple[str, ...]) -> tuple[int, int]:
+def _slot_context(model_path: Path, ctx_size: int, parallel: int, args: tuple[str, ...],
+                  info: GGUFInfo | None = None) -> tuple[int, int]:
     """(tokens one request may use, bytes of the longest token) for a runner, rounded up
     where llama-server might give more: it splits its context between its slots unless its KV
     cache is unified, and pads each slot's share to a multiple of 256. A model's ``args`` come
     last on its command line, so they override the configured context and slots."""
-    try:
-        info = read_header(model_path)
-    except (GGUFError, OSError):
-        return 0, 0  # llama-server says what is wrong with the file; nothing to check here
+    if info is None:
+        try:
+            info = read_header(model_path)
+        except (GGUFError, OSError):
+            return 0, 0  # llama-server says what is wrong with the file; nothing to check
     ctx = _flag(args, ("-c", "--ctx-size")) or ctx_size or info.arch_int("context_length")
     parallel = _flag(args, ("-np", "--parallel")) or parallel
     unified = "--kv-unified" in args or "-kvu" in args
@@ -155,8 +156,14 @@ async def check_fits(model_path: Path, ctx_size: int, parallel: int, args: tuple
     said as much. Called only when the prompt has more bytes than the context has tokens
     (most prompts never reach here); prompts between that and the bound are left to
     llama-server, which tokenizes that much in milliseconds."""
-    slot, longest = await asyncio.to_thread(_slot_context, model_path, ctx_size, parallel,
-                                            args)
+    # The runner's load parsed this header already (its memory estimate): then a stat, on
+    # the loop. A parse (tens of ms for a large vocabulary) goes to a thread.
+    info = cached_header(model_path)
+    if info is not None:
+        slot, longest = _slot_context(model_path, ctx_size, parallel, args, info)
+    else:
+        slot, longest = await asyncio.to_thread(_slot_context, model_path, ctx_size,
+                                                parallel, args)
     if slot <= 0 or longest <= 0 or prompt_bytes <= slot * longest:
         return
     text = prompt_text_bytes(data)
@@ -281,7 +288,7 @@ class Allowlist:
             "tools": self._tools,
             "functions": self._tools,
             "messages": self._messages,
-            "input": self._items,
+            "input": self._messages,  # Responses' input items carry content parts too
             "documents": self._items,
             "content": self._items,
             "prompt": self._items,
@@ -407,18 +414,18 @@ class Allowlist:
     @staticmethod
     def _media(field: str, parts: list[Any]) -> None:
         """A runner with a projector downloads an http(s) media URL itself, from wherever a
-        client points it (any internal address): only inline ``data:`` URLs reach it."""
+        client points it (any internal address): only inline ``data:`` URLs reach it. The
+        families name the URL differently: OpenAI's ``image_url.url`` and ``input_audio.data``,
+        Responses' ``image_url`` string, Anthropic's ``source.url``."""
         for part in parts:
             if not isinstance(part, dict):
                 continue
-            for kind in ("image_url", "input_audio", "input_video", "video_url"):
+            for kind in ("image_url", "input_audio", "input_video", "video_url", "source"):
                 media = part.get(kind)
-                if isinstance(media, dict):
-                    url = media.get("url", media.get("data"))
-                    if isinstance(url, str) and url.startswith(("http", "file:")):
-                        raise APIError(400, f"'{field}' has a {kind} by URL: send the media "
-                                       "inline as a data: URL", param=field,
-                                       code="unsupported_value")
+                url = media.get("url", media.get("data")) if isinstance(media, dict) else media
+                if isinstance(url, str) and url.startswith(("http", "file:")):
+                    raise APIError(400, f"'{field}' has media by URL ({kind}): send it inline "
+                                   "as a data: URL", param=field, code="unsupported_value")
 
     def _items(self, field: str, value: Any) -> None:
         limit = self.settings.max_messages

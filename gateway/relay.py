@@ -269,12 +269,11 @@ class Relay:
         if present or edited or vetted.edited:
             body = orjson.dumps(data)
         settings = state.settings
-        relay = cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
-                    options, state.metrics, settings.stream_idle_timeout or None,
-                    dialect_of(request.scope["path"]), translation, settings.load_ping or None,
-                    settings.client_write_timeout or None, settings.max_answer_bytes)
-        relay._prompt = (data, vetted.prompt_bytes)
-        return relay
+        return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
+                   options, state.metrics, settings.stream_idle_timeout or None,
+                   dialect_of(request.scope["path"]), translation, settings.load_ping or None,
+                   settings.client_write_timeout or None, settings.max_answer_bytes,
+                   (data, vetted.prompt_bytes))
 
     def __init__(
         self,
@@ -293,6 +292,7 @@ class Relay:
         load_ping: float | None = None,
         write_timeout: float | None = None,
         max_answer: int | None = None,
+        prompt: tuple[dict[str, Any], int] = ({}, 0),
     ) -> None:
         self._scheduler = scheduler
         self._pool = pool
@@ -320,7 +320,7 @@ class Relay:
         ) else None
         # The body's fields and its prompt's text bytes, for the context check once the
         # runner (and so its context) is known.
-        self._prompt: tuple[dict[str, Any], int] = ({}, 0)
+        self._prompt = prompt
         self._timing: list[tuple[bytes, bytes]] = []
         self._head_sent = False
         self._state: dict[str, Any] | None = None

@@ -114,13 +114,27 @@ _parsed: dict[Path, tuple[tuple[int, int, int, int], GGUFInfo]] = {}
 _PARSED_MAX = 64
 
 
+def _version(path: Path) -> tuple[int, int, int, int]:
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def cached_header(path: Path) -> GGUFInfo | None:
+    """``read_header`` if this version of the file was parsed already, else None: a stat and
+    a lookup, cheap enough for the event loop."""
+    known = _parsed.get(path)
+    try:
+        return known[1] if known is not None and known[0] == _version(path) else None
+    except OSError:
+        return None
+
+
 def read_header(path: Path) -> GGUFInfo:
     """Parse ``path``'s metadata and tensor table, once per version of the file (its inode,
     size and mtime); raises :class:`GGUFError` if it is not GGUF. Gemma 270M's 262,144-token
     vocabulary makes one parse 30 to 60 ms of CPU, which every load paid, twice, while
     llama-server was loading beside it on the same two cores."""
-    stat = path.stat()
-    version = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    version = _version(path)
     known = _parsed.get(path)
     if known is not None and known[0] == version:
         return known[1]

@@ -223,6 +223,18 @@ def test_media_by_url_never_reaches_a_runner(url: str) -> None:
     assert error.param == "messages" and "data: URL" in error.message
 
 
+@pytest.mark.parametrize(("path", "field", "part"), [
+    (b"/v1/responses", "input", {"type": "input_image", "image_url": "http://10.0.0.1/x"}),
+    (b"/v1/messages", "messages", {"type": "image", "source": {"type": "url",
+                                                                "url": "https://x/y.png"}}),
+    (CHAT, "messages", {"type": "input_audio", "input_audio": {"data": "http://x/a.wav"}}),
+])
+def test_media_by_url_is_refused_in_every_familys_shape(path: bytes, field: str,
+                                                        part: dict[str, Any]) -> None:
+    body = {"model": "m", field: [{"role": "user", "content": [part]}]}
+    assert _refused(body, path).param == field
+
+
 def test_inline_media_passes() -> None:
     parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     Allowlist(Settings()).vet(CHAT, _chat(messages=[{"role": "user", "content": parts}]))

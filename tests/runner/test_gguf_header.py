@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
-from runner.gguf_header import GGUFError, read_header
+from runner.gguf_header import GGUFError, cached_header, read_header
 
 
 def _write(path: Path) -> Path:
@@ -101,3 +101,13 @@ def test_read_header_parses_each_version_of_a_file_once(tmp_path: Path) -> None:
     (tmp_path / "other.gguf").replace(path)  # as a pull or a copy would replace it
     again = read_header(path)
     assert again is not first and again.metadata["general.name"] == "replaced"
+
+
+def test_cached_header_answers_only_for_a_version_already_parsed(tmp_path: Path) -> None:
+    path = _write(tmp_path / "tiny.gguf")
+    assert cached_header(path) is None  # never parsed: the caller must parse, off the loop
+    info = read_header(path)
+    assert cached_header(path) is info
+    path.write_bytes(path.read_bytes() + b"\0")  # a new version of the file
+    assert cached_header(path) is None
+    assert cached_header(tmp_path / "missing.gguf") is None
