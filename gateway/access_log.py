@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.log_escape import escape, escape_quoted
 from gateway.metrics import Metrics
-from runner.events import EventBus
+from runner.service import EventBus
 
 log = logging.getLogger("switchboard.access")
 _ID_HEADER = b"x-request-id"

@@ -7,20 +7,17 @@ memory estimated against measured.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import model_not_found
+from gateway.errors import service_errors
 from gateway.ollama.models import details
 from gateway.payload import parse_object, require_model
 from gateway.responses import JSONBytes
-from runner.catalog import Catalog
-from runner.model_info import ModelDescriber, ModelFacts
-from runner.scheduler import ModelNotFoundError, RunnerInfo
+from runner.service import ModelFacts, ModelNotFoundError, ModelService, RunnerInfo
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -52,26 +49,24 @@ def _describe(info: RunnerInfo, facts: ModelFacts | None) -> dict[str, object]:
     }
 
 
-def _facts(catalog: Catalog, describer: ModelDescriber, model: str) -> ModelFacts | None:
-    resolved = catalog.resolve(model)
-    return describer.describe(model, resolved[1]) if resolved is not None else None
+async def _facts(service: ModelService, model: str) -> ModelFacts | None:
+    try:
+        return await service.facts(model)
+    except ModelNotFoundError:  # removed from the config or store while it ran
+        return None
 
 
 async def ps(request: Request) -> Response:
-    scheduler = request.app.state.scheduler
-    runners = scheduler.loaded()
-    facts = {info.model: await asyncio.to_thread(_facts, scheduler.catalog,
-                                                 request.app.state.describer, info.model)
-             for info in runners}
+    service: ModelService = request.app.state.service
+    runners = service.loaded()
+    facts = {info.model: await _facts(service, info.model) for info in runners}
     return JSONBytes({"models": [_describe(info, facts[info.model]) for info in runners]})
 
 
 async def unload(request: Request) -> Response:
     model = require_model(parse_object(await request.body()))
-    try:
-        was_loaded = await request.app.state.scheduler.unload(model)
-    except ModelNotFoundError as exc:
-        raise model_not_found(model) from exc
+    with service_errors(model):
+        was_loaded = await request.app.state.service.unload(model)
     return JSONBytes({"model": model, "unloaded": was_loaded})
 
 

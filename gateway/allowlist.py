@@ -22,13 +22,11 @@ Checking costs one set lookup per top-level field; only fields that are present 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from gateway.errors import APIError
-from runner.gguf_header import GGUFError, GGUFInfo, cached_header, read_header
+from runner.service import ContextWindow
 from runner.settings import Settings
 
 _SAMPLING = frozenset({
@@ -100,33 +98,6 @@ class Vetted(NamedTuple):
     prompt_bytes: int
 
 
-def _flag(args: tuple[str, ...], names: tuple[str, ...]) -> int | None:
-    """The last integer value of one of ``names`` in ``args`` (llama-server takes the last)."""
-    found = None
-    for i, arg in enumerate(args[:-1]):
-        if arg in names and args[i + 1].isdigit():
-            found = int(args[i + 1])
-    return found
-
-
-def _slot_context(model_path: Path, ctx_size: int, parallel: int, args: tuple[str, ...],
-                  info: GGUFInfo | None = None) -> tuple[int, int]:
-    """(tokens one request may use, bytes of the longest token) for a runner, rounded up
-    where llama-server might give more: it splits its context between its slots unless its KV
-    cache is unified, and pads each slot's share to a multiple of 256. A model's ``args`` come
-    last on its command line, so they override the configured context and slots."""
-    if info is None:
-        try:
-            info = read_header(model_path)
-        except (GGUFError, OSError):
-            return 0, 0  # llama-server says what is wrong with the file; nothing to check
-    ctx = _flag(args, ("-c", "--ctx-size")) or ctx_size or info.arch_int("context_length")
-    parallel = _flag(args, ("-np", "--parallel")) or parallel
-    unified = "--kv-unified" in args or "-kvu" in args
-    slot = ctx if unified else ctx // max(parallel, 1)
-    return -(-slot // 256) * 256, info.longest_token
-
-
 # Keys whose values never become prompt text: media (a base64 image is not its bytes in
 # tokens), ids, and the part types themselves.
 _NOT_TEXT = frozenset({"image_url", "input_audio", "input_video", "video_url", "image",
@@ -148,22 +119,15 @@ def prompt_text_bytes(data: dict[str, Any]) -> int:
     return total
 
 
-async def check_fits(model_path: Path, ctx_size: int, parallel: int, args: tuple[str, ...],
-                     data: dict[str, Any], prompt_bytes: int) -> None:
+def check_fits(window: ContextWindow, data: dict[str, Any], prompt_bytes: int) -> None:
     """A 400 for a prompt that cannot fit the runner's context, decided without the runner:
     no token is longer than the vocabulary's longest, so a text of N bytes is at least
     N / longest tokens. A 30 MB prompt used to cost llama-server 39 s and 2.3 GB before it
-    said as much. Called only when the prompt has more bytes than the context has tokens
-    (most prompts never reach here); prompts between that and the bound are left to
-    llama-server, which tokenizes that much in milliseconds."""
-    # The runner's load parsed this header already (its memory estimate): then a stat, on
-    # the loop. A parse (tens of ms for a large vocabulary) goes to a thread.
-    info = cached_header(model_path)
-    if info is not None:
-        slot, longest = _slot_context(model_path, ctx_size, parallel, args, info)
-    else:
-        slot, longest = await asyncio.to_thread(_slot_context, model_path, ctx_size,
-                                                parallel, args)
+    said as much. The window was worked out once, when the runner loaded; most prompts have
+    fewer bytes than the window times its longest token and are not counted at all. Prompts
+    between the bound and the window are left to llama-server, which tokenizes that much in
+    milliseconds."""
+    slot, longest = window.tokens, window.longest_token
     if slot <= 0 or longest <= 0 or prompt_bytes <= slot * longest:
         return
     text = prompt_text_bytes(data)

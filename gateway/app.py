@@ -44,15 +44,8 @@ from gateway.hotpath import HotPath
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.upstream import UpstreamPool
-from runner.events import EventBus
-from runner.memory import gpu_library, gpus
-from runner.model_info import ModelDescriber
-from runner.payloads import extract, find_system_binary
-from runner.pull import Puller
-from runner.scheduler import Scheduler
+from runner.service import LocalModelService, ModelService
 from runner.settings import Settings
-from runner.units import format_bytes
-from runner.variants import GpuInfo, explain, read_cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +58,17 @@ def _writable(home: Path) -> bool:
     return os.access(home, os.W_OK)  # EROFS counts: a read-only mount fails even root
 
 
-def _banner(settings: Settings, scheduler: Scheduler, gpu: GpuInfo | None) -> None:
+def _banner(settings: Settings, service: ModelService) -> None:
     """What an operator needs at start: where, which runner and why, GPUs, models, auth."""
     where = f"http://{settings.host}:{settings.port}/v1"
     log.info("switchboard %s listening on %s", version("switchboard"), where)
-    log.info("runner: %s", explain(scheduler.variants(), read_cpu_flags(), gpu,
-                                   settings.llm_library))
-    if splice.UNAVAILABLE is None:
-        log.info("%s", splice.describe())
-    else:
-        log.warning("%s", splice.describe())
-    found = gpus()
-    for device in found:
-        log.info("GPU %d: %s, %s free of %s", device.index, device.name,
-                 format_bytes(device.free), format_bytes(device.total))
-    if not found:
-        log.info("GPUs: none found (no NVIDIA driver or device; the runner uses the CPU)")
-    names = scheduler.catalog.names()
-    log.info("models (%d): %s", len(names), ", ".join(names) or "none: switchboard pull NAME")
+    lines = service.report()
+    for level, line in lines[:1]:  # the runner first, then how the relay writes
+        log.log(level, "%s", line)
+    log.log(logging.INFO if splice.UNAVAILABLE is None else logging.WARNING, "%s",
+            splice.describe())
+    for level, line in lines[1:]:
+        log.log(level, "%s", line)
     if not _writable(settings.home):
         log.error("SWITCHBOARD_HOME %s is not writable: pulls, packaged models and backend "
                   "installs will fail; models already on disk still serve", settings.home)
@@ -111,52 +97,41 @@ def _check_middleware(extra: Sequence[Middleware]) -> None:
                 "server instead; one that does not can say so with preserves_bodies = True")
 
 
-def create_app(settings: Settings, middleware: Sequence[Middleware] = ()) -> Starlette:
-    """The gateway; runners are extracted at startup and all stopped and removed at shutdown.
-    ``middleware`` goes inside the gateway's own, before routing; it must leave bodies as
-    they are (see ``_check_middleware``)."""
+def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
+               service: ModelService | None = None) -> Starlette:
+    """The gateway over ``service`` (by default this machine's runners, extracted at startup
+    and all stopped and removed at shutdown). ``middleware`` goes inside the gateway's own,
+    before routing; it must leave bodies as they are (see ``_check_middleware``)."""
     _check_middleware(middleware)
     metrics = Metrics()
-    bus = EventBus()
+    models_service: ModelService = service or LocalModelService(settings)
+    bus = models_service.events
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        system_binary = find_system_binary(settings.llama_server)
-        payloads = extract(settings.tmpdir, settings.home, system_binary)
-        gpu = gpu_library()
-
-        def loaded(model: str, seconds: float) -> None:
-            metrics.load_seconds.labels(model).observe(seconds)
-
         upstream = UpstreamPool(max_waiters=settings.max_queue)
 
-        def stopped(port: int) -> None:
-            upstream.close_host("127.0.0.1", port)  # else every runner ever started stays
+        def loaded(runner: str, seconds: float) -> None:
+            metrics.load_seconds.labels(runner).observe(seconds)
 
-        scheduler = Scheduler(settings, payloads, gpu=gpu, on_load=loaded, on_stop=stopped,
-                              events=bus)
-        sampler = events.MemorySampler(bus, scheduler, settings.events_sample)
-        metrics.scheduler = scheduler
-        metrics.events = bus
-        puller = Puller(settings, scheduler.catalog.store)
+        # Else the pool keeps a host for every runner ever started.
+        models_service.observe(on_load=loaded, on_stop=upstream.close_host)
+        await models_service.start()
+        sampler = events.MemorySampler(models_service, settings.events_sample)
+        metrics.service = models_service
         app.state.settings = settings
         app.state.allowlist = Allowlist(settings)
-        app.state.puller = puller
         app.state.metrics = metrics
-        app.state.scheduler = scheduler
-        app.state.describer = ModelDescriber(settings.home, scheduler.catalog.store)
+        app.state.service = models_service
         app.state.upstream = upstream
-        app.state.events = bus
         app.state.sampler = sampler
-        _banner(settings, scheduler, gpu)
+        _banner(settings, models_service)
         try:
             yield
         finally:
             await sampler.aclose()
-            await scheduler.close()
-            await puller.aclose()
+            await models_service.close()
             upstream.close()
-            payloads.cleanup()
 
     drain = DrainState()
     relayed = [*chat.routes, *completions.routes, *embeddings.routes, *openai_responses.routes,

@@ -8,8 +8,7 @@ from starlette.routing import Route
 from gateway.errors import APIError
 from gateway.payload import is_text_or_tokens, read_request
 from gateway.relay import Relay
-from runner.modes import RunnerMode
-from runner.scheduler import RunnerOptions
+from runner.service import RunnerMode, RunnerOptions
 
 PATH = b"/v1/embeddings"
 _EMBEDDINGS = RunnerOptions(mode=RunnerMode.EMBEDDINGS)

@@ -13,14 +13,18 @@ OpenAI clients expect a string or null).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+
+from runner import service
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +139,51 @@ def model_not_found(name: str) -> APIError:
     return APIError(404, f"model '{name}' not found", param="model", code="model_not_found")
 
 
+def service_error(exc: service.ServiceError, model: str | None = None) -> APIError:
+    """The runner side's refusals as the API errors clients get: the one translation, for
+    every route. ``model`` is the name the client sent, where there is one."""
+    name = model or getattr(exc, "model", None) or "?"
+    match exc:
+        case service.ModelNotFoundError() | service.ModelNotInStoreError():
+            return model_not_found(name)
+        case service.QueueFullError():
+            return APIError(503, str(exc), code="queue_full",
+                            headers={"Retry-After": str(exc.retry_after)})
+        case service.ModeNotServedError():
+            return APIError(400, str(exc), param="model", code="model_not_supported")
+        case service.ModelTooLargeError():
+            return APIError(400, str(exc), param="model", code="insufficient_memory")
+        case service.ModelSourceError():
+            log.error("cannot load %s: %s", name, exc)
+            return APIError(503, f"model '{name}' cannot be loaded: {exc}")
+        case service.RunnerStartError() | service.NoRunnerError():
+            log.error("cannot load %s: %s", name, exc)
+            return APIError(503, f"model '{name}' failed to load: {exc}")
+        case service.ShuttingDownError():
+            return APIError(503, str(exc))
+        case service.ModelInUseError():
+            return APIError(409, str(exc), param="model")
+        case service.ConfiguredModelError() | service.InvalidNameError():
+            return APIError(400, str(exc), param="model")
+        case service.StoreError():  # still held, by a runner of another server on this store
+            return APIError(409, str(exc), param="model")
+        case service.PullError():
+            return APIError(exc.status, str(exc), param="model")
+        case service.PullRefusedError():
+            return APIError(403, str(exc), param=exc.param, code="host_not_allowed")
+    log.error("untranslated refusal for %s: %r", name, exc)
+    return APIError(503, str(exc))
+
+
+@contextlib.contextmanager
+def service_errors(model: str | None = None) -> Iterator[None]:
+    """Raise the runner side's refusals inside the block as API errors, naming ``model``."""
+    try:
+        yield
+    except service.ServiceError as exc:
+        raise service_error(exc, model) from exc
+
+
 def runner_error(raw: bytes, status: int) -> APIError:
     """What a runner's error body says, whatever shape it came in."""
     try:
@@ -167,6 +216,11 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
     return exc.response(dialect_of(request.url.path))
 
 
+async def service_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, service.ServiceError)
+    return service_error(exc).response(dialect_of(request.url.path))
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail if exc.status_code != 404 else f"no route for {request.url.path}"
@@ -192,6 +246,7 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     APIError: api_error_handler,
+    service.ServiceError: service_error_handler,
     HTTPException: http_exception_handler,
     ClientDisconnect: client_disconnect_handler,
     Exception: unhandled_error_handler,

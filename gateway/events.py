@@ -27,19 +27,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runner.events import Event, EventBus
-from runner.memory import gpus, system_memory
-from runner.modes import RunnerMode
-from runner.scheduler import RunnerInfo, Scheduler, runner_key
+from runner.service import Event, EventBus, ModelService, RunnerInfo
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT = 30.0  # seconds a send may block before the subscriber is given up on
 
 
 def _runner(info: RunnerInfo) -> dict[str, Any]:
-    key = runner_key(info.model, RunnerMode(info.mode))
     return {
-        "runner": key, "model": info.model, "mode": info.mode,
+        "runner": info.runner, "model": info.model, "mode": info.mode,
         "state": "stopping" if info.draining else "ready", "pid": info.pid,
         "variant": info.variant, "load_seconds": round(info.load_seconds, 3),
         "ctx_size": info.ctx_size, "in_flight": info.in_flight,
@@ -48,40 +44,38 @@ def _runner(info: RunnerInfo) -> dict[str, Any]:
     }
 
 
-def snapshot(scheduler: Scheduler, bus: EventBus, logs: str | None) -> dict[str, Any]:
-    runners = [_runner(info) for info in scheduler.loaded()]
-    for key, runner, need in scheduler.starting():
-        runners.append({"runner": key, "model": runner.spec.model, "mode": str(runner.spec.mode),
-                        "state": "starting", "pid": runner.pid, "variant": runner.variant,
-                        "estimated_bytes": need})
+def snapshot(service: ModelService, logs: str | None) -> dict[str, Any]:
+    runners = [_runner(info) for info in service.loaded()]
+    runners += [{"runner": s.runner, "model": s.model, "mode": s.mode, "state": "starting",
+                 "pid": s.pid, "variant": s.variant, "estimated_bytes": s.estimated_bytes}
+                for s in service.starting()]
     return {
         "runners": runners,
-        "queue": scheduler.queue_depth,
-        "requests": [{"data": e.data, "at": e.at} for e in bus.recent_requests],
-        "models": scheduler.catalog.names(),
-        "logs": scheduler.runner_output(logs) if logs else [],
+        "queue": service.queue_depth,
+        "requests": [{"data": e.data, "at": e.at} for e in service.events.recent_requests],
+        "models": service.names(),
+        "logs": service.runner_output(logs) if logs else [],
     }
 
 
 class MemorySampler:
     """Publishes ``memory`` while the bus has subscribers; one task at most."""
 
-    def __init__(self, bus: EventBus, scheduler: Scheduler, interval: float) -> None:
-        self._bus = bus
-        self._scheduler = scheduler
+    def __init__(self, service: ModelService, interval: float) -> None:
+        self._bus = service.events
+        self._service = service
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> dict[str, Any]:
-        total, available = system_memory()
+        memory = self._service.memory()
         return {
-            "ram": {"total": total, "available": available},
+            "ram": {"total": memory.ram_total, "available": memory.ram_available},
             "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
-                     for g in gpus()],
-            "runners": [{"runner": runner_key(i.model, RunnerMode(i.mode)),
-                         "actual_bytes": i.actual_bytes, "vram_bytes": i.vram_bytes,
-                         "in_flight": i.in_flight}
-                        for i in self._scheduler.loaded()],
+                     for g in memory.gpus],
+            "runners": [{"runner": i.runner, "actual_bytes": i.actual_bytes,
+                         "vram_bytes": i.vram_bytes, "in_flight": i.in_flight}
+                        for i in self._service.loaded()],
         }
 
     def ensure_running(self) -> None:
@@ -111,11 +105,11 @@ def _sse(kind: str, data: Any, at: float) -> bytes:
 
 async def events(request: Request) -> Response:
     state = request.app.state
-    bus: EventBus = state.events
+    bus: EventBus = state.service.events
     logs = request.query_params.get("logs") or None
     subscription = bus.subscribe(logs=logs)
     state.sampler.ensure_running()
-    first = snapshot(state.scheduler, bus, logs)
+    first = snapshot(state.service, logs)
 
     async def stream() -> AsyncIterator[bytes]:
         try:

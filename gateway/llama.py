@@ -10,7 +10,7 @@ from starlette.routing import Route
 from gateway.errors import APIError
 from gateway.payload import read_request
 from gateway.relay import Relay
-from runner.scheduler import RunnerOptions
+from runner.service import RunnerOptions
 
 _PRIMARY = RunnerOptions(mode=None)
 

@@ -1,8 +1,8 @@
 """GET /metrics: Prometheus text format, on a registry of this app's own (not the global one).
 
 Request counts and latency are recorded by the access-log middleware, tokens by the relay
-(from the usage a runner reports), load times by the scheduler's load hook; queue depth, loaded
-runners and in-flight requests are read from the scheduler when scraped.
+(from the usage a runner reports), load times by the model service's load hook; queue depth,
+loaded runners and in-flight requests are read from the service when scraped.
 """
 
 from __future__ import annotations
@@ -18,25 +18,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from runner.service import ModelService
+
 Usage = tuple[int | None, int | None, float | None]  # prompt, completion, tokens/s
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
 
 
-class _SchedulerGauges(Collector):
+class _ServiceGauges(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        scheduler = self._metrics.scheduler
-        if scheduler is None:
+        service = self._metrics.service
+        if service is None:
             return
-        runners = scheduler.loaded()
+        runners = service.loaded()
         yield GaugeMetricFamily("switchboard_queue_depth", "requests waiting for a runner",
-                                value=scheduler.queue_depth)
-        if self._metrics.events is not None:
-            yield GaugeMetricFamily("switchboard_event_subscribers", "open /api/events streams",
-                                    value=self._metrics.events.subscribers)
+                                value=service.queue_depth)
+        yield GaugeMetricFamily("switchboard_event_subscribers", "open /api/events streams",
+                                value=service.events.subscribers)
         loaded = GaugeMetricFamily("switchboard_loaded_runners", "runners loaded",
                                    labels=["model", "mode"])
         in_flight = GaugeMetricFamily("switchboard_in_flight_requests",
@@ -54,12 +55,11 @@ class _SchedulerGauges(Collector):
 
 
 class Metrics:
-    """The gateway's metrics; ``scheduler`` is attached once the app has started."""
+    """The gateway's metrics; ``service`` is attached once the app has started."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.scheduler: Any = None
-        self.events: Any = None  # the EventBus, attached with the scheduler
+        self.service: ModelService | None = None
         self.requests = Counter("switchboard_requests", "HTTP requests answered",
                                 ["route", "status"], registry=self.registry)
         self.latency = Histogram("switchboard_request_duration_seconds",
@@ -79,7 +79,7 @@ class Metrics:
                                     registry=self.registry)
         self._direct_writes = self.relay_writes.labels("direct")
         self._asgi_writes = self.relay_writes.labels("asgi")
-        self.registry.register(_SchedulerGauges(self))
+        self.registry.register(_ServiceGauges(self))
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._token_children: dict[str, tuple[Any, Any]] = {}
 

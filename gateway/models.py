@@ -19,13 +19,13 @@ def _entry(name: str) -> dict[str, object]:
 
 
 async def list_models(request: Request) -> Response:
-    names = request.app.state.scheduler.catalog.names()
+    names = request.app.state.service.names()
     return JSONBytes({"object": "list", "data": [_entry(name) for name in names]})
 
 
 async def get_model(request: Request) -> Response:
     name = request.path_params["model"]
-    if request.app.state.scheduler.catalog.resolve(name) is None:
+    if request.app.state.service.canonical(name) is None:
         raise model_not_found(name)
     return JSONBytes(_entry(name))
 

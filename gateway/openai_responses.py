@@ -17,7 +17,7 @@ from starlette.routing import Route
 from gateway.errors import APIError, Dialect, stream_error_event
 from gateway.payload import read_request, require_flag
 from gateway.relay import Relay
-from runner.scheduler import Lease
+from runner.service import Lease
 
 PATH = b"/v1/responses"
 TOKENS_PATH = b"/v1/responses/input_tokens"

@@ -14,68 +14,41 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.errors import APIError
+from gateway.errors import APIError, service_errors
 from gateway.payload import parse_object, require_flag
 from gateway.responses import JSONBytes
-from runner.download import HostNotAllowedError
-from runner.events import EventBus
-from runner.names import InvalidNameError
-from runner.pull import Emit, Puller, PullError, PullEvent, is_url
+from runner.service import EventBus, ModelService, PullError, PullEvent, PullJob
 
 log = logging.getLogger(__name__)
 _DONE = object()
 
 
-def _check_host(puller: Puller, host: str, param: str) -> None:
-    """A client of the API may make this server fetch only from the default registry or a
-    host the operator allowed: anything else would let it probe the server's network (SSRF:
-    cloud metadata, internal services). The CLI, run by the operator, has no such limit."""
-    allowed = puller.store.default_host.lower()
-    if host.lower() == allowed:
-        return
-    try:
-        puller.options.check_host(f"http://{host}/")
-    except HostNotAllowedError:
-        pass
-    else:
-        if puller.options.allowed_hosts:
-            return
-    raise APIError(403, f"pulling from {host!r} is not allowed through the API: only the "
-                   f"registry {allowed!r} and pull_allowed_hosts are", param=param,
-                   code="host_not_allowed")
-
-
-def _job(puller: Puller, data: dict[str, object]) -> Callable[[Emit], Awaitable[object]]:
+def _job(service: ModelService, data: dict[str, object]) -> PullJob:
     """The pull the body asks for, checked before any response starts."""
     model = data.get("model", data.get("name"))
     url = data.get("url")
     if url is not None:
         sha256 = data.get("sha256")
-        if not isinstance(url, str) or not is_url(url):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise APIError(400, "'url' must be an http(s) URL", param="url")
         if not isinstance(sha256, str):
             raise APIError(400, "'sha256' is required with 'url'", param="sha256")
         if model is not None and not isinstance(model, str):
             raise APIError(400, "'model' must be a string", param="model")
-        _check_host(puller, urlsplit(url).netloc, "url")
-        return lambda emit: puller.pull_url(url, sha256, emit, model)
+        with service_errors(model):
+            return service.pull(model, url=url, sha256=sha256)
     if not isinstance(model, str) or not model:
         raise APIError(400, "'model' is required and must be a non-empty string", param="model")
-    try:
-        name = puller.store.parse_name(model)
-    except InvalidNameError as exc:
-        raise APIError(400, str(exc), param="model") from exc
-    _check_host(puller, name.host, "model")
     insecure = require_flag(data, "insecure")
-    return lambda emit: puller.pull(model, emit, insecure=insecure)
+    with service_errors(model):
+        return service.pull(model, insecure=insecure)
 
 
 class _Announce:
@@ -100,9 +73,9 @@ class _Announce:
 
 async def pull(request: Request) -> Response:
     data = parse_object(await request.body())
-    puller: Puller = request.app.state.puller
-    job = _job(puller, data)
-    announce = _Announce(request.app.state.events, str(data.get("model", data.get("url"))))
+    service: ModelService = request.app.state.service
+    job = _job(service, data)
+    announce = _Announce(service.events, str(data.get("model", data.get("url"))))
     if data.get("stream") is False:
         try:
             await job(announce)
@@ -113,7 +86,7 @@ async def pull(request: Request) -> Response:
     return StreamingResponse(_stream(job, announce), media_type="application/x-ndjson")
 
 
-async def _stream(job: Callable[[Emit], Awaitable[object]],
+async def _stream(job: PullJob,
                   announce: _Announce) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[PullEvent | object] = asyncio.Queue()
 

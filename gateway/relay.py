@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -27,9 +27,9 @@ from gateway.errors import (
     APIError,
     Dialect,
     dialect_of,
-    model_not_found,
     normalise_error,
     runner_error,
+    service_errors,
     stream_error_event,
 )
 from gateway.metrics import Metrics
@@ -42,19 +42,7 @@ from gateway.upstream import (
     UpstreamResponse,
     UpstreamTooLargeError,
 )
-from runner.models import ModelSourceError
-from runner.process import RunnerStartError, relay_connections
-from runner.scheduler import (
-    Lease,
-    ModelNotFoundError,
-    ModelTooLargeError,
-    ModeNotServedError,
-    NoRunnerError,
-    QueueFullError,
-    RunnerOptions,
-    Scheduler,
-    ShuttingDownError,
-)
+from runner.service import Lease, ModelService, RunnerOptions
 from runner.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -75,7 +63,6 @@ def _has_error_event(chunk: bytes) -> bool:
     return b"error" in chunk and (chunk.startswith(_ERROR_EVENTS)  # one scan, most chunks
                                   or _LATER_ERROR_EVENTS[0] in chunk
                                   or _LATER_ERROR_EVENTS[1] in chunk)
-_HOST = "127.0.0.1"
 WATCH_AFTER = 0.005  # seconds before a request starts watching for its client to leave
 # What a translation raises on an answer it cannot read (orjson's errors are ValueErrors).
 _UNTRANSLATABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError)
@@ -174,30 +161,6 @@ class StreamTranslation(Translation, Protocol):
         """What to send when the stream broke after its head went out."""
 
 
-@contextlib.contextmanager
-def scheduler_errors(model: str) -> Iterator[None]:
-    """The scheduler's refusals as the API errors clients get (any route that leases)."""
-    try:
-        yield
-    except ModelNotFoundError as exc:
-        raise model_not_found(exc.args[0]) from exc
-    except QueueFullError as exc:
-        raise APIError(503, str(exc), code="queue_full",
-                       headers={"Retry-After": str(exc.retry_after)}) from exc
-    except ModeNotServedError as exc:
-        raise APIError(400, str(exc), param="model", code="model_not_supported") from exc
-    except ModelTooLargeError as exc:
-        raise APIError(400, str(exc), param="model", code="insufficient_memory") from exc
-    except ModelSourceError as exc:
-        log.error("cannot load %s: %s", model, exc)
-        raise APIError(503, f"model '{model}' cannot be loaded: {exc}") from exc
-    except ShuttingDownError as exc:
-        raise APIError(503, str(exc)) from exc
-    except (RunnerStartError, NoRunnerError) as exc:
-        log.error("cannot load %s: %s", model, exc)
-        raise APIError(503, f"model '{model}' failed to load: {exc}") from exc
-
-
 class _LoadPinger:
     """While a stream waits for its model to load: after ``interval`` seconds it sends the
     response head, then an SSE comment every ``interval``, so proxies and SDKs with read
@@ -269,7 +232,7 @@ class Relay:
         if present or edited or vetted.edited:
             body = orjson.dumps(data)
         settings = state.settings
-        return cls(state.scheduler, state.upstream, model, path, body, stream, keep_alive,
+        return cls(state.service, state.upstream, model, path, body, stream, keep_alive,
                    options, state.metrics, settings.stream_idle_timeout or None,
                    dialect_of(request.scope["path"]), translation, settings.load_ping or None,
                    settings.client_write_timeout or None, settings.max_answer_bytes,
@@ -277,7 +240,7 @@ class Relay:
 
     def __init__(
         self,
-        scheduler: Scheduler,
+        service: ModelService,
         pool: UpstreamPool,
         model: str,
         path: bytes,
@@ -294,7 +257,7 @@ class Relay:
         max_answer: int | None = None,
         prompt: tuple[dict[str, Any], int] = ({}, 0),
     ) -> None:
-        self._scheduler = scheduler
+        self._service = service
         self._pool = pool
         self._model = model
         self._path = path
@@ -365,8 +328,8 @@ class Relay:
         started = time.perf_counter()
         pinger = _LoadPinger(send, self._load_ping) if self._load_ping else None
         try:
-            with scheduler_errors(self._model):
-                lease_cm = self._scheduler.acquire(self._model, self._options, self._keep_alive)
+            with service_errors(self._model):
+                lease_cm = self._service.acquire(self._model, self._options, self._keep_alive)
                 async with lease_cm as lease:
                     waited = time.perf_counter() - started
                     timing = _server_timing(waited, lease.load_seconds)
@@ -380,11 +343,8 @@ class Relay:
                         self._timing = [(b"server-timing", timing)]
                     if self._translation is not None:
                         self._translation.begin(lease, waited)
-                    spec = lease.runner.spec
                     data, prompt_bytes = self._prompt
-                    if prompt_bytes > (spec.ctx_size or 1024):  # else it surely fits
-                        await check_fits(spec.model_path, spec.ctx_size, spec.parallel,
-                                         spec.extra_args, data, prompt_bytes)
+                    check_fits(lease.context, data, prompt_bytes)
                     await self._forward(lease, send)
         except APIError as exc:
             if pinger is not None:
@@ -407,8 +367,8 @@ class Relay:
         ]
         try:
             upstream = await self._pool.request(
-                _HOST, lease.port, b"POST", self._path, headers, self._body,
-                limit=relay_connections(lease.runner.spec.parallel),
+                lease.host, lease.port, b"POST", self._path, headers, self._body,
+                limit=lease.connections,
             )
         except UpstreamError as exc:
             raise APIError(502, f"runner for '{lease.model}' is unavailable: {exc}") from exc

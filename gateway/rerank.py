@@ -14,8 +14,7 @@ from starlette.routing import Route
 from gateway.errors import APIError
 from gateway.payload import read_request, require_flag
 from gateway.relay import Relay
-from runner.modes import RunnerMode
-from runner.scheduler import Lease, RunnerOptions
+from runner.service import Lease, RunnerMode, RunnerOptions
 
 PATH = b"/v1/rerank"
 _RERANKING = RunnerOptions(mode=RunnerMode.RERANKING)

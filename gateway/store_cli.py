@@ -14,16 +14,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from runner.catalog import Catalog, open_store
-from runner.models import (
-    PACKAGE_PREFIX,
-    ModelSourceError,
-    is_store_source,
-    package_target,
-    resolve_source,
-)
-from runner.names import InvalidNameError
+from runner.errors import InvalidNameError, ModelSourceError, StoreError
+from runner.models import PACKAGE_PREFIX, is_store_source, package_target, resolve_source
 from runner.settings import Settings, load_settings
-from runner.store import StoreError, age
+from runner.store import age
 from runner.units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -91,7 +85,8 @@ async def _pull(settings: Settings, args: argparse.Namespace, target: str) -> st
 
 def cmd_pull(args: argparse.Namespace) -> int:
     # Imported here: `switchboard --help` and the other commands should not pay for them.
-    from runner.pull import PullError, is_url
+    from runner.errors import PullError
+    from runner.pull import is_url
 
     settings = load_settings(args.config)
     _quiet_logging(settings)

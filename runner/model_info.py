@@ -15,10 +15,10 @@ from pathlib import Path
 
 import gguf
 
+from runner.errors import ModelSourceError
 from runner.gguf_header import GGUFError, GGUFInfo, Scalar, read_header
 from runner.models import (
     PACKAGE_PREFIX,
-    ModelSourceError,
     is_store_source,
     package_target,
     resolve_source,

@@ -12,17 +12,13 @@ import importlib
 import logging
 from pathlib import Path
 
+from runner.errors import InvalidNameError, ModelSourceError, StoreError
 from runner.gguf_header import GGUFError, read_header
-from runner.names import InvalidNameError
-from runner.store import ModelStore, StoreError
+from runner.store import ModelStore
 
 log = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
-
-
-class ModelSourceError(RuntimeError):
-    """A model's source cannot produce a GGUF file; the message says what to do."""
 
 
 def package_target(package: str, home: Path) -> Path:

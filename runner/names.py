@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from runner.errors import InvalidNameError
+
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 
@@ -20,10 +22,6 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class InvalidNameError(ValueError):
-    """A model name or digest that cannot address the store."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.process import RunnerStartError
+from runner.errors import RunnerStartError
 from runner.variants import SYSTEM_VARIANT
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from runner.errors import RunnerStartError
 from runner.locks import hold_shared, release
 from runner.modes import RunnerMode
 
@@ -72,10 +73,6 @@ def _loopback_client(timeout: float) -> httpx.AsyncClient:
     bundle for every client by default: 17 to 42 ms of blocked event loop here, on every cold
     start and every health check, for a context plain HTTP never uses."""
     return httpx.AsyncClient(timeout=timeout, verify=False)
-
-
-class RunnerStartError(RuntimeError):
-    """The runner did not become healthy; the message carries its last output lines."""
 
 
 @dataclass(frozen=True)

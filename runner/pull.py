@@ -27,27 +27,13 @@ from runner.download import (
     HostNotAllowedError,
     Progress,
 )
-from runner.names import InvalidNameError, ModelName, check_digest
+from runner.errors import InvalidNameError, PullError, StoreError
+from runner.names import ModelName, check_digest
 from runner.registry import ManifestNotFoundError, Registry
 from runner.settings import Settings
-from runner.store import (
-    MANIFEST_MEDIA,
-    MODEL_MEDIA,
-    Manifest,
-    ModelStore,
-    StoredModel,
-    StoreError,
-)
+from runner.store import MANIFEST_MEDIA, MODEL_MEDIA, Manifest, ModelStore, StoredModel
 
 GGUF_MAGIC = b"GGUF"
-
-
-class PullError(RuntimeError):
-    """A pull that cannot go on; the message is for the user, ``status`` for HTTP."""
-
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _failed(exc: Exception) -> PullError:

@@ -39,19 +39,31 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.backends import EMBEDDED_META, BackendError, Backends
 from runner.catalog import Catalog, open_store
+from runner.context_window import context_window
+from runner.errors import (
+    ModelInUseError,
+    ModelNotFoundError,
+    ModelTooLargeError,
+    ModeNotServedError,
+    NoRunnerError,
+    QueueFullError,
+    RunnerStartError,
+    ShuttingDownError,
+)
 from runner.events import EventBus
-from runner.gguf_header import GGUFError, read_header
+from runner.gguf_header import GGUFError, cached_header, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
 from runner.models import ModelPaths, resolve_template
-from runner.modes import ROUTE, RunnerMode
+from runner.modes import RunnerMode
 from runner.payloads import Payloads
 from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
-from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
+from runner.process import LaunchSpec, RunnerProcess, RunnerState, relay_connections
+from runner.service_types import ContextWindow, Lease, RunnerInfo, RunnerOptions, StartingRunner
 from runner.settings import ModelConfig, Settings, child_environment
 from runner.units import GiB, format_bytes
 from runner.variants import GpuInfo, order_variants, read_cpu_flags
@@ -63,74 +75,6 @@ AUTO_MAX_LOADED = 3
 HEALTH_STRIKES = 2  # consecutive failed /health checks before a runner is killed
 GPU_MARGIN = 1 * GiB  # per device, as llama-server's --fit keeps free
 VRAM_RECOVERY = 5.0  # seconds to wait for a stopped runner's GPU memory to show as free
-
-
-class ModelNotFoundError(LookupError):
-    """No configured or stored model has that name or alias."""
-
-
-class ModeNotServedError(ValueError):
-    """A request for a mode the model's config does not serve (chat on an embeddings model,
-    rerank on a chat model)."""
-
-    def __init__(self, model: str, mode: RunnerMode, served: frozenset[RunnerMode]) -> None:
-        if mode is RunnerMode.RERANKING:
-            text = (f"model '{model}' is not a reranking model: set 'reranking: true' in its "
-                    "config to serve /v1/rerank")
-        else:
-            only = next(iter(served))
-            text = f"model '{model}' is {_ARTICLE[only]} {only} model: use {ROUTE[only]}"
-        super().__init__(text)
-        self.mode = mode
-
-
-_ARTICLE = {RunnerMode.CHAT: "a", RunnerMode.EMBEDDINGS: "an", RunnerMode.RERANKING: "a"}
-
-
-class NoRunnerError(RuntimeError):
-    """No runner variant exists for this machine; the message says how to get one."""
-
-
-class ShuttingDownError(RuntimeError):
-    """The server is stopping and takes no new work."""
-
-
-class ModelTooLargeError(RuntimeError):
-    """The model needs more memory than can be made available for it."""
-
-    def __init__(self, model: str, needs: int, available: int) -> None:
-        super().__init__(
-            f"model '{model}' needs {format_bytes(needs)}, "
-            f"{format_bytes(max(available, 0))} available"
-        )
-        self.needs = needs
-        self.available = available
-
-
-class ModelInUseError(RuntimeError):
-    """The model has requests in flight or waiting, or is loading: it cannot be removed now."""
-
-    def __init__(self, model: str, why: str) -> None:
-        super().__init__(f"model '{model}' is in use ({why}): delete it once it is idle")
-
-
-class QueueFullError(RuntimeError):
-    """Too many requests are waiting for a runner; retry after ``retry_after`` seconds."""
-
-    def __init__(self, limit: int, retry_after: int = 1) -> None:
-        super().__init__(f"server busy: {limit} requests are already waiting for a model")
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class RunnerOptions:
-    """Per-request choices that shape a runner; None keeps the model's configured value."""
-
-    mode: RunnerMode | None = RunnerMode.CHAT  # None: the model's primary mode
-    ctx_size: int | None = None
-    parallel: int | None = None
-    gpu_layers: int | str | None = None
-    args: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,39 +93,6 @@ def runner_key(model: str, mode: RunnerMode) -> str:
     return model if mode is RunnerMode.CHAT else f"{model}+{mode}"
 
 
-@dataclass
-class Lease:
-    """A claim on a ready runner for the length of one request."""
-
-    model: str  # the canonical name the runner reports
-    requested: str  # the name the client sent (may be an alias)
-    runner: RunnerProcess
-    base_url: str
-    api_key: str
-    port: int
-    load_seconds: float = 0.0  # of the load this request waited for; 0 if it found one ready
-
-
-@dataclass
-class RunnerInfo:
-    """A snapshot of one loaded runner, for ``/api/ps``."""
-
-    model: str
-    mode: str  # a RunnerMode value
-    pid: int | None
-    variant: str
-    ctx_size: int
-    parallel: int
-    in_flight: int
-    draining: bool
-    expires_at: float | None  # epoch seconds; None while busy or when kept forever
-    keep_alive: float
-    load_seconds: float
-    estimated_bytes: int
-    actual_bytes: int | None
-    vram_bytes: int = 0
-
-
 @dataclass(eq=False)
 class _Loaded:
     key: str
@@ -196,6 +107,7 @@ class _Loaded:
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
     health_failures: int = 0
+    context: ContextWindow = field(default_factory=ContextWindow)
 
     @property
     def usable(self) -> bool:
@@ -244,6 +156,12 @@ def _pooling_for(path: Path) -> str | None:
     except (GGUFError, OSError):
         return "mean"
     return None if f"{info.architecture}.pooling_type" in info.metadata else "mean"
+
+
+def _context_of(spec: LaunchSpec) -> ContextWindow:
+    # The estimate parsed this header a moment ago (cached): usually a stat.
+    return context_window(spec.model_path, spec.ctx_size, spec.parallel, spec.extra_args,
+                          cached_header(spec.model_path))
 
 
 def estimate_file(path: Path, ctx_size: int, parallel: int) -> int:
@@ -325,6 +243,10 @@ class Scheduler:
             self._payloads.variants(), self._cpu_flags, self._gpu, self._settings.llm_library
         )
 
+    @property
+    def gpu(self) -> GpuInfo | None:
+        return self._gpu
+
     def _uses_gpu(self) -> bool:
         variants = self.variants()
         return bool(self._gpu and variants and variants[0].startswith(self._gpu.library))
@@ -350,7 +272,7 @@ class Scheduler:
             raise ModeNotServedError(model, shape.mode, config.modes)
         key = runner_key(canonical, shape.mode)
         entry = self._loaded.get(key)
-        waited_for = 0.0
+        waited_for = queued_at = 0.0
         if entry is not None and entry.usable and entry.shape == shape:
             self._attach(entry, keep_alive)
         else:
@@ -362,8 +284,10 @@ class Scheduler:
                 waited_for = entry.runner.load_seconds
         runner = entry.runner
         try:
-            yield Lease(canonical, model, runner, runner.base_url, runner.api_key, runner.port,
-                        waited_for)
+            yield Lease(canonical, model, "127.0.0.1", runner.port, runner.api_key,
+                        relay_connections(runner.spec.parallel),
+                        max(time.time() - queued_at - waited_for, 0.0) if queued_at else 0.0,
+                        waited_for, entry.context)
         finally:
             self._release(entry)
 
@@ -667,7 +591,8 @@ class Scheduler:
             keep_alive = (
                 config.keep_alive if config.keep_alive is not None else self._settings.keep_alive
             )
-            entry = _Loaded(key, shape, runner, keep_alive, estimate=need)
+            entry = _Loaded(key, shape, runner, keep_alive, estimate=need,
+                            context=await asyncio.to_thread(_context_of, spec))
             self._measure_vram(entry)
             self._remember(entry)
             self._loaded[key] = entry
@@ -743,9 +668,11 @@ class Scheduler:
         if self._events is not None and self._events.watched:
             self._events.publish("log", {"runner": key, "line": line})
 
-    def starting(self) -> list[tuple[str, RunnerProcess, int]]:
-        """Runners being loaded now: (key, runner, estimated bytes)."""
-        return [(key, runner, need) for key, (runner, need) in self._starting.items()]
+    def starting(self) -> list[StartingRunner]:
+        """Runners being loaded now."""
+        return [StartingRunner(key, runner.spec.model, str(runner.spec.mode), runner.pid,
+                               runner.variant, need)
+                for key, (runner, need) in self._starting.items()]
 
     def runner_output(self, key: str) -> list[str]:
         """The last output lines of a loaded or loading runner (empty if there is none)."""
@@ -759,6 +686,7 @@ class Scheduler:
         """Runners currently loaded, in load order."""
         return [
             RunnerInfo(
+                runner=entry.key,
                 model=entry.runner.spec.model,
                 mode=str(entry.shape.mode),
                 pid=entry.runner.pid,

@@ -160,7 +160,8 @@ class ModelConfig(BaseModel):
         # Checked when the config loads, not at the model's first request: a typo here
         # should stop the server from starting, not fail a user's request an hour later.
         if value is not None:
-            from runner.models import ModelSourceError, resolve_template
+            from runner.errors import ModelSourceError
+            from runner.models import resolve_template
 
             try:
                 resolve_template(value)

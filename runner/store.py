@@ -21,8 +21,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from runner.errors import InvalidNameError, ModelNotInStoreError, StoreError
 from runner.locks import in_use
-from runner.names import InvalidNameError, ModelName, blob_filename, check_digest
+from runner.names import ModelName, blob_filename, check_digest
 
 MODEL_MEDIA = "application/vnd.ollama.image.model"
 TEMPLATE_MEDIA = "application/vnd.ollama.image.template"
@@ -31,14 +32,6 @@ LICENSE_MEDIA = "application/vnd.ollama.image.license"
 SYSTEM_MEDIA = "application/vnd.ollama.image.system"
 MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
-
-
-class StoreError(RuntimeError):
-    """A store operation that cannot be done; the message says why and what to do."""
-
-
-class ModelNotInStoreError(StoreError, LookupError):
-    """No manifest for that name."""
 
 
 class Layer(BaseModel):

@@ -16,8 +16,7 @@ from gateway.errors import APIError
 from gateway.ollama.options import read_options, runner_options
 from gateway.payload import parse_object, require_model
 from gateway.relay import Relay
-from runner.modes import RunnerMode
-from runner.scheduler import Lease
+from runner.service import Lease, RunnerMode
 
 PATH = b"/v1/embeddings"
 

@@ -23,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import APIError
+from gateway.errors import APIError, service_errors
 from gateway.ollama.options import read_options, response_format, runner_options, sampling_fields
 from gateway.payload import parse_object, require_model, take_keep_alive
-from gateway.relay import Relay, scheduler_errors
+from gateway.relay import Relay
 from gateway.responses import JSONBytes
-from runner.scheduler import Lease, Scheduler
+from runner.service import Lease, ModelService
 
 log = logging.getLogger(__name__)
 
@@ -271,13 +271,13 @@ def _common(data: dict[str, Any], options: dict[str, Any], stream: bool) -> dict
 async def _load_or_unload(request: Request, model: str, data: dict[str, Any],
                           kind: Kind) -> Response:
     keep_alive, present = take_keep_alive(data)
-    scheduler: Scheduler = request.app.state.scheduler
-    with scheduler_errors(model):
+    service: ModelService = request.app.state.service
+    with service_errors(model):
         if present and keep_alive == 0:
-            await scheduler.unload(model)
+            await service.unload(model)
             reason = "unload"
         else:
-            async with scheduler.acquire(model, runner_options(read_options(data)), keep_alive):
+            async with service.acquire(model, runner_options(read_options(data)), keep_alive):
                 reason = "load"
     empty = Generation(model, kind)._piece("")
     return JSONBytes({"model": model, "created_at": now(), **empty, "done": True,

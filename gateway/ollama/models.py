@@ -8,7 +8,6 @@ Modelfile-style summary of where the model comes from and how it is run.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from importlib.metadata import version
 from typing import Any
@@ -18,15 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import APIError, model_not_found
+from gateway.errors import APIError, service_errors
 from gateway.payload import parse_object
 from gateway.responses import JSONBytes
-from runner.catalog import Catalog
-from runner.model_info import ModelDescriber, ModelFacts
-from runner.models import is_store_source
-from runner.names import InvalidNameError
-from runner.scheduler import ModelInUseError, Scheduler
-from runner.store import ModelNotInStoreError, StoreError
+from runner.service import ModelFacts, ModelService
 
 
 def _iso(epoch: float) -> str | None:
@@ -49,19 +43,9 @@ def _requested(data: dict[str, Any]) -> str:
     return model
 
 
-def _facts(catalog: Catalog, describer: ModelDescriber, names: list[str]) -> list[ModelFacts]:
-    found = []
-    for name in names:
-        resolved = catalog.resolve(name)
-        if resolved is not None:
-            found.append(describer.describe(name, resolved[1]))
-    return found
-
-
 async def tags(request: Request) -> Response:
-    catalog: Catalog = request.app.state.scheduler.catalog
-    describer: ModelDescriber = request.app.state.describer
-    facts = await asyncio.to_thread(_facts, catalog, describer, catalog.names())
+    service: ModelService = request.app.state.service
+    facts = await service.all_facts()
     return JSONBytes({"models": [
         {"name": f.name, "model": f.name, "modified_at": _iso(f.modified), "size": f.size,
          "digest": f.digest, "details": details(f)}
@@ -106,12 +90,9 @@ def _model_info(facts: ModelFacts) -> dict[str, Any]:
 
 async def show(request: Request) -> Response:
     model = _requested(parse_object(await request.body()))
-    catalog: Catalog = request.app.state.scheduler.catalog
-    resolved = catalog.resolve(model)
-    if resolved is None:
-        raise model_not_found(model)
-    describer: ModelDescriber = request.app.state.describer
-    facts = await asyncio.to_thread(describer.describe, model, resolved[1])
+    service: ModelService = request.app.state.service
+    with service_errors(model):
+        facts = await service.facts(model)
     body: dict[str, Any] = {
         "modelfile": _modelfile(facts),
         "parameters": _parameters(facts),
@@ -133,29 +114,9 @@ async def delete(request: Request) -> Response:
     check used to come from the store, after the runner had been set draining, so a refused
     delete still unloaded the model once its stream ended."""
     model = _requested(parse_object(await request.body()))
-    scheduler: Scheduler = request.app.state.scheduler
-    configured = scheduler.catalog.settings.resolve_model(model)
-    if configured is not None and not is_store_source(configured[1].source):
-        raise APIError(400, f"model '{model}' comes from the config ({configured[1].source}), "
-                       "not the store: remove it from the config instead", param="model")
-    target = configured[1].source if configured is not None else model
-    store = scheduler.catalog.store
-    try:
-        store.require(target)
-        if scheduler.catalog.resolve(model) is not None:
-            # Loads of the model wait until the files are gone: none can take the lock between.
-            async with scheduler.removing(model):
-                await asyncio.to_thread(store.remove, target)
-        else:
-            await asyncio.to_thread(store.remove, target)
-    except ModelInUseError as exc:
-        raise APIError(409, str(exc), param="model") from exc
-    except ModelNotInStoreError as exc:
-        raise model_not_found(model) from exc
-    except InvalidNameError as exc:
-        raise APIError(400, str(exc), param="model") from exc
-    except StoreError as exc:  # still held, by a runner of another server on this store
-        raise APIError(409, str(exc), param="model") from exc
+    service: ModelService = request.app.state.service
+    with service_errors(model):
+        await service.delete(model)
     return Response(status_code=200)
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import APIError
-from runner.modes import RunnerMode
-from runner.scheduler import RunnerOptions
+from runner.service import RunnerMode, RunnerOptions
 
 # Ollama option -> the llama-server request field with the same meaning.
 _SAMPLING: dict[str, tuple[str, type | tuple[type, ...]]] = {

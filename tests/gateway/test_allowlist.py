@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from gguf import GGUFWriter
 
 from gateway.allowlist import Allowlist, check_fits, grammar_depth, text_bytes
 from gateway.errors import APIError
+from runner.context_window import context_window
 from runner.settings import Settings
 
 CHAT = b"/v1/chat/completions"
@@ -134,7 +134,7 @@ def _fits(path: Path, text: str | list[Any], ctx: int = 0, parallel: int = 1,
           args: tuple[str, ...] = (), field: str = "messages") -> None:
     value: Any = [{"role": "user", "content": text}] if field == "messages" else text
     data = {field: value}
-    asyncio.run(check_fits(path, ctx, parallel, args, data, text_bytes(data)))
+    check_fits(context_window(path, ctx, parallel, args), data, text_bytes(data))
 
 
 def _refused_fit(path: Path, text: str | list[Any], **how: Any) -> APIError:

@@ -91,20 +91,16 @@ def test_cli_serve_on_a_taken_port_says_so_in_one_line(
 def test_api_pull_hosts_beyond_the_registry_need_the_operators_allow_list(
     tmp_path: Path,
 ) -> None:
-    from gateway.errors import APIError
-    from gateway.pull import _check_host
-    from runner.catalog import open_store
-    from runner.pull import Puller
+    from runner.service import LocalModelService, PullRefusedError
     from runner.settings import Settings
 
-    def puller(*allowed: str) -> Puller:
-        settings = Settings(home=tmp_path, registry="registry.example",
-                            pull_allowed_hosts=allowed)
-        return Puller(settings, open_store(settings))
+    def service(*allowed: str) -> LocalModelService:
+        return LocalModelService(Settings(home=tmp_path, registry="registry.example",
+                                          pull_allowed_hosts=allowed))
 
-    _check_host(puller(), "registry.example", "model")  # the registry itself: always
-    with pytest.raises(APIError, match="not allowed"):
-        _check_host(puller(), "mirror.example", "model")
-    _check_host(puller("*.example"), "mirror.example", "url")
-    with pytest.raises(APIError):
-        _check_host(puller("*.example"), "10.0.0.1:80", "url")
+    service().pull("registry.example/library/m:1")  # the registry itself: always
+    with pytest.raises(PullRefusedError, match="not allowed"):
+        service().pull("mirror.example/library/m:1")
+    service("*.example").pull(url="https://mirror.example/m.gguf", sha256="0" * 64)
+    with pytest.raises(PullRefusedError):
+        service("*.example").pull(url="http://10.0.0.1:80/m.gguf", sha256="0" * 64)

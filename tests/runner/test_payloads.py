@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner import payloads as payloads_mod
+from runner.errors import RunnerStartError
 from runner.payloads import (
     PID_FILE,
     STALE_AFTER,
@@ -20,7 +21,6 @@ from runner.payloads import (
     platform_dir,
     sweep,
 )
-from runner.process import RunnerStartError
 from runner.variants import order_variants
 
 SCRIPT = b"#!/bin/sh\necho payload-ok\n"

@@ -8,9 +8,10 @@ import httpx
 import pytest
 
 from runner import process
+from runner.errors import RunnerStartError
 from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract
-from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState, build_argv
+from runner.process import LaunchSpec, RunnerProcess, RunnerState, build_argv
 from runner.variants import order_variants, read_cpu_flags
 
 

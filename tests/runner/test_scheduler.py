@@ -12,20 +12,21 @@ from typing import Any
 
 import pytest
 
-from runner.events import EventBus
-from runner.memory import GpuMemory
-from runner.modes import RunnerMode
-from runner.payloads import Payloads
-from runner.process import LaunchSpec, RunnerProcess, RunnerStartError, RunnerState
-from runner.scheduler import (
+from runner.errors import (
     ModelInUseError,
     ModelNotFoundError,
     ModelTooLargeError,
     QueueFullError,
-    RunnerOptions,
-    Scheduler,
+    RunnerStartError,
     ShuttingDownError,
 )
+from runner.events import EventBus
+from runner.memory import GpuMemory
+from runner.modes import RunnerMode
+from runner.payloads import Payloads
+from runner.process import LaunchSpec, RunnerProcess, RunnerState
+from runner.scheduler import Scheduler
+from runner.service_types import Lease, RunnerOptions
 from runner.settings import ModelConfig, Settings
 from runner.variants import GpuInfo
 from tests.fakes.gguf import write_empty_gguf
@@ -36,6 +37,7 @@ class FakeRunner:
 
     alive = 0
     most_alive = 0
+    ports = 0
 
     def __init__(self, spec: LaunchSpec, binary: Path, variant: str, env: dict[str, str],
                  load_timeout: float, stop_timeout: float,
@@ -43,7 +45,8 @@ class FakeRunner:
         self.spec = spec
         self.variant = variant
         self.api_key = "k"
-        self.port = 1
+        FakeRunner.ports += 1
+        self.port = FakeRunner.ports  # unique: a lease names its runner by port
         self.pid: int | None = 4242
         self.load_seconds = 0.0
         self.returncode: int | None = None
@@ -111,6 +114,10 @@ class Factory:
         self.made: list[FakeRunner] = []
         self.gate: asyncio.Event | None = None
         self.fail_next: str | None = None
+
+    def of(self, lease: Lease) -> FakeRunner:
+        """The runner a lease is for."""
+        return next(r for r in self.made if r.port == lease.port)
 
     def __call__(self, *args: Any) -> RunnerProcess:
         runner = FakeRunner(*args)
@@ -582,7 +589,7 @@ async def test_scheduler_chat_and_embeddings_runners_coexist(tmp_path: Path) -> 
     scheduler = _scheduler(tmp_path, factory)
     async with scheduler.acquire("a") as chat, \
             scheduler.acquire("a", RunnerOptions(mode=RunnerMode.EMBEDDINGS)) as embed:
-        assert chat.runner is not embed.runner
+        assert chat.port != embed.port
         assert chat.model == embed.model == "a"
     assert sorted(r.mode for r in scheduler.loaded()) == ["chat", "embeddings"]
     assert [r.spec.mode for r in factory.made] == [RunnerMode.CHAT, RunnerMode.EMBEDDINGS]
@@ -597,7 +604,7 @@ async def test_scheduler_changed_options_reload_the_runner(tmp_path: Path) -> No
     scheduler = _scheduler(tmp_path, factory)
     await _use(scheduler, "a")
     async with scheduler.acquire("a", RunnerOptions(ctx_size=8192)) as lease:
-        assert lease.runner.spec.ctx_size == 8192
+        assert factory.of(lease).spec.ctx_size == 8192
     first, _ = factory.made
     assert first.stops == 1 and first.spec.ctx_size == 4096
     assert [r.ctx_size for r in scheduler.loaded()] == [8192]
@@ -622,7 +629,7 @@ async def test_scheduler_reload_requested_during_a_load(tmp_path: Path) -> None:
 
 async def _use_options(scheduler: Scheduler, model: str, options: RunnerOptions) -> int:
     async with scheduler.acquire(model, options) as lease:
-        return lease.runner.spec.ctx_size
+        return next(info.ctx_size for info in scheduler.loaded() if info.runner == lease.model)
 
 
 async def test_scheduler_unload_while_loading_leaves_the_load_alone(tmp_path: Path) -> None:
@@ -756,7 +763,7 @@ async def test_a_models_backend_picks_what_is_launched(tmp_path: Path) -> None:
 
 
 async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: Path) -> None:
-    from runner.scheduler import ModeNotServedError
+    from runner.errors import ModeNotServedError
 
     gguf = tmp_path / "e.gguf"
     write_empty_gguf(gguf)
@@ -771,7 +778,7 @@ async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: 
         async with scheduler.acquire("embed"):
             pass
     async with scheduler.acquire("embed", RunnerOptions(mode=RunnerMode.EMBEDDINGS)) as lease:
-        assert lease.runner.spec.mode is RunnerMode.EMBEDDINGS
+        assert factory.of(lease).spec.mode is RunnerMode.EMBEDDINGS
     assert scheduler.loads == 1
     await scheduler.close()
 
@@ -779,7 +786,7 @@ async def test_an_embeddings_model_refuses_chat_and_serves_embeddings(tmp_path: 
 async def test_a_reranking_model_serves_only_rerank_and_a_chat_model_never_does(
     tmp_path: Path,
 ) -> None:
-    from runner.scheduler import ModeNotServedError
+    from runner.errors import ModeNotServedError
 
     gguf = tmp_path / "r.gguf"
     write_empty_gguf(gguf)
@@ -799,10 +806,10 @@ async def test_a_reranking_model_serves_only_rerank_and_a_chat_model_never_does(
         async with scheduler.acquire("chat", reranking):
             pass
     async with scheduler.acquire("ranker", reranking) as lease:
-        assert lease.runner.spec.mode is RunnerMode.RERANKING
+        assert factory.of(lease).spec.mode is RunnerMode.RERANKING
     # Routes any runner can answer (tokenize) go to the model's only mode.
     async with scheduler.acquire("ranker", RunnerOptions(mode=None)) as lease:
-        assert lease.runner.spec.mode is RunnerMode.RERANKING
+        assert factory.of(lease).spec.mode is RunnerMode.RERANKING
     assert scheduler.loads == 1
     assert [info.mode for info in scheduler.loaded()] == ["reranking"]
     await scheduler.close()

@@ -127,7 +127,8 @@ def test_api_keys_file_adds_keys_skipping_comments(tmp_path: Path) -> None:
 
 
 def test_resolve_template_bundled_or_file(tmp_path: Path) -> None:
-    from runner.models import ModelSourceError, resolve_template
+    from runner.errors import ModelSourceError
+    from runner.models import resolve_template
 
     assert resolve_template("gemma").name == "gemma.jinja"
     mine = tmp_path / "mine.jinja"

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.names import InvalidNameError, ModelName, blob_filename, check_digest
+from runner.errors import InvalidNameError
+from runner.names import ModelName, blob_filename, check_digest
 
 HOST = "registry.ollama.ai"
 

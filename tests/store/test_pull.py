@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from runner.catalog import open_store
-from runner.pull import Puller, PullError, PullEvent, name_from_url
+from runner.errors import PullError
+from runner.pull import Puller, PullEvent, name_from_url
 from runner.settings import Settings
 from runner.store import LICENSE_MEDIA, MODEL_MEDIA, PARAMS_MEDIA
 from tests.fakes.registry import FakeRegistry, file_sha256

@@ -6,16 +6,11 @@ import orjson
 import pytest
 
 from runner.catalog import Catalog
+from runner.errors import ModelNotInStoreError, StoreError
 from runner.locks import hold_shared, release
 from runner.names import ModelName
 from runner.settings import Settings
-from runner.store import (
-    LICENSE_MEDIA,
-    MODEL_MEDIA,
-    ModelNotInStoreError,
-    ModelStore,
-    StoreError,
-)
+from runner.store import LICENSE_MEDIA, MODEL_MEDIA, ModelStore
 
 HOST = "registry.example"
 
@@ -121,7 +116,8 @@ def test_manifest_changes_are_seen_without_restart(store: ModelStore) -> None:
 
 
 def test_a_configured_model_may_name_a_store_model(store: ModelStore) -> None:
-    from runner.models import ModelSourceError, resolve_source
+    from runner.errors import ModelSourceError
+    from runner.models import resolve_source
     from runner.settings import ModelConfig
 
     _model(store, "tiny:q8", (MODEL_MEDIA, b"GGUF q8"))

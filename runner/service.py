@@ -1,0 +1,349 @@
+"""The one door from the gateway to the runner side: :class:`ModelService`.
+
+The gateway's HTTP code reaches runners, models and the store only through this protocol
+(and imports nothing else of ``runner/`` but its settings and units), so a test can hand the
+app a fake and a cluster can hand it a service whose runners live on other nodes.
+:class:`LocalModelService` is the one behind it on a single machine: its supervisor starts
+``llama-server`` children here, and its store is this machine's.
+
+Everything a route needs crosses here as plain data (:mod:`runner.service_types`), and every
+refusal as a :class:`ServiceError` (:mod:`runner.errors`), which the gateway translates to
+HTTP in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from runner.catalog import Catalog, open_store
+from runner.download import HostNotAllowedError
+from runner.errors import (
+    ConfiguredModelError,
+    InvalidNameError,
+    ModelInUseError,
+    ModelNotFoundError,
+    ModelNotInStoreError,
+    ModelSourceError,
+    ModelTooLargeError,
+    ModeNotServedError,
+    NoRunnerError,
+    PullError,
+    PullRefusedError,
+    QueueFullError,
+    RunnerStartError,
+    ServiceError,
+    ShuttingDownError,
+    StoreError,
+)
+from runner.events import Event, EventBus, Subscription
+from runner.memory import GpuMemory, gpu_library, gpus, system_memory
+from runner.model_info import ModelDescriber, ModelFacts
+from runner.models import is_store_source
+from runner.modes import RunnerMode
+from runner.payloads import Payloads, extract, find_system_binary
+from runner.pull import Emit, Puller, PullEvent
+from runner.scheduler import Scheduler
+from runner.service_types import (
+    ContextWindow,
+    Lease,
+    MemorySample,
+    RunnerInfo,
+    RunnerOptions,
+    StartingRunner,
+)
+from runner.settings import Settings
+from runner.units import format_bytes
+from runner.variants import explain, read_cpu_flags
+
+__all__ = [
+    "ConfiguredModelError", "ContextWindow", "Emit", "Event", "EventBus", "GpuMemory",
+    "InvalidNameError", "Lease", "LocalModelService", "MemorySample", "ModeNotServedError",
+    "ModelFacts", "ModelInUseError", "ModelNotFoundError", "ModelNotInStoreError",
+    "ModelService", "ModelSourceError", "ModelTooLargeError", "NoRunnerError", "PullError",
+    "PullEvent", "PullJob", "PullRefusedError", "QueueFullError", "RunnerInfo", "RunnerMode",
+    "RunnerOptions", "RunnerStartError", "ServiceError", "ShuttingDownError", "StartingRunner",
+    "StoreError", "Subscription",
+]
+
+log = logging.getLogger(__name__)
+
+PullJob = Callable[[Emit], Awaitable[object]]
+LoadObserver = Callable[[str, float], None]  # (runner key, seconds its load took)
+StopObserver = Callable[[str, int], None]  # (host, port) of a runner that is gone
+
+
+class ModelService(Protocol):
+    """What the gateway may ask of the runner side."""
+
+    @property
+    def node(self) -> str:
+        """This node's name, as leases and runner snapshots carry it."""
+        ...
+
+    @property
+    def events(self) -> EventBus:
+        """State changes (runners, queue, output lines, pulls) for ``/api/events``."""
+        ...
+
+    async def start(self) -> None:
+        """Ready to serve: runners extracted, the machine probed. Called once, before any
+        other coroutine."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every runner and every pull; each child is reaped."""
+        ...
+
+    def report(self) -> list[tuple[int, str]]:
+        """(log level, line) for the start banner: runners, GPUs, models."""
+        ...
+
+    def observe(self, on_load: LoadObserver | None = None,
+                on_stop: StopObserver | None = None) -> None:
+        """Be told of every load (for metrics) and every runner that is gone (for pools)."""
+        ...
+
+    # -- names and facts ---------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every servable name: configured ones first, then stored ones."""
+        ...
+
+    def canonical(self, name: str) -> str | None:
+        """The canonical name for a name or alias, or None if it names nothing servable."""
+        ...
+
+    async def facts(self, name: str) -> ModelFacts:
+        """What a model is (header, store layers); :class:`ModelNotFoundError` if none."""
+        ...
+
+    async def all_facts(self) -> list[ModelFacts]:
+        """Facts of every servable model, in :meth:`names` order."""
+        ...
+
+    # -- runners ------------------------------------------------------------------------------
+
+    def acquire(self, model: str, options: RunnerOptions | None = None,
+                keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
+        """A ready runner for ``model`` (name or alias), held until the block exits."""
+        ...
+
+    def loaded(self) -> list[RunnerInfo]:
+        """Runners loaded now, in load order."""
+        ...
+
+    def starting(self) -> list[StartingRunner]:
+        """Runners being loaded now."""
+        ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a runner."""
+        ...
+
+    def runner_output(self, runner: str) -> list[str]:
+        """The last output lines of a loaded or loading runner (by key); empty if none."""
+        ...
+
+    async def unload(self, model: str) -> bool:
+        """Unload a model once its requests finish; False if it was not loaded."""
+        ...
+
+    def memory(self) -> MemorySample:
+        """RAM and GPU memory now (a /proc read and NVML: not per request)."""
+        ...
+
+    # -- the store ----------------------------------------------------------------------------
+
+    def pull(self, model: str | None = None, url: str | None = None,
+             sha256: str | None = None, insecure: bool = False) -> PullJob:
+        """A pull of a registry ``model`` or of a GGUF at ``url`` (named ``model`` if given),
+        checked now (names, hosts a client may make this server fetch from) and run when
+        the returned job is awaited with a progress callback."""
+        ...
+
+    async def delete(self, model: str) -> None:
+        """Remove a pulled model, unloading it first; refused while it is in use."""
+        ...
+
+
+class LocalModelService:
+    """The runner side on this machine: a supervisor of local ``llama-server`` children, the
+    model store under ``SWITCHBOARD_HOME``."""
+
+    def __init__(self, settings: Settings, node: str = "") -> None:
+        self._settings = settings
+        self._node = node
+        self._events = EventBus()
+        self._catalog = Catalog(settings, open_store(settings))
+        self._describer = ModelDescriber(settings.home, self._catalog.store)
+        self._puller = Puller(settings, self._catalog.store)
+        self._payloads: Payloads | None = None
+        self._scheduler: Scheduler | None = None
+        self._on_load: list[LoadObserver] = []
+        self._on_stop: list[StopObserver] = []
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def events(self) -> EventBus:
+        return self._events
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise ShuttingDownError("switchboard is not serving yet")
+        return self._scheduler
+
+    async def start(self) -> None:
+        payloads = extract(self._settings.tmpdir, self._settings.home,
+                           find_system_binary(self._settings.llama_server))
+        self._payloads = payloads
+        self._scheduler = Scheduler(self._settings, payloads, gpu=gpu_library(),
+                                    on_load=self._loaded, on_stop=self._stopped,
+                                    catalog=self._catalog, events=self._events)
+
+    async def close(self) -> None:
+        try:
+            if self._scheduler is not None:
+                await self._scheduler.close()
+            await self._puller.aclose()
+        finally:
+            if self._payloads is not None:
+                self._payloads.cleanup()
+
+    def report(self) -> list[tuple[int, str]]:
+        lines = [(logging.INFO, "runner: " + explain(
+            self.scheduler.variants(), read_cpu_flags(), self.scheduler.gpu,
+            self._settings.llm_library))]
+        found = gpus()
+        lines += [(logging.INFO, f"GPU {d.index}: {d.name}, {format_bytes(d.free)} free of "
+                   f"{format_bytes(d.total)}") for d in found]
+        if not found:
+            lines.append((logging.INFO, "GPUs: none found (no NVIDIA driver or device; the "
+                          "runner uses the CPU)"))
+        names = self.names()
+        lines.append((logging.INFO, f"models ({len(names)}): "
+                      + (", ".join(names) or "none: switchboard pull NAME")))
+        return lines
+
+    def observe(self, on_load: LoadObserver | None = None,
+                on_stop: StopObserver | None = None) -> None:
+        if on_load is not None:
+            self._on_load.append(on_load)
+        if on_stop is not None:
+            self._on_stop.append(on_stop)
+
+    def _loaded(self, key: str, seconds: float) -> None:
+        for observer in self._on_load:
+            observer(key, seconds)
+
+    def _stopped(self, port: int) -> None:
+        for observer in self._on_stop:
+            observer("127.0.0.1", port)
+
+    # -- names and facts ---------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return self._catalog.names()
+
+    def canonical(self, name: str) -> str | None:
+        resolved = self._catalog.resolve(name)
+        return resolved[0] if resolved is not None else None
+
+    async def facts(self, name: str) -> ModelFacts:
+        resolved = self._catalog.resolve(name)
+        if resolved is None:
+            raise ModelNotFoundError(name)
+        return await asyncio.to_thread(self._describer.describe, name, resolved[1])
+
+    async def all_facts(self) -> list[ModelFacts]:
+        def describe_all() -> list[ModelFacts]:
+            found = []
+            for name in self._catalog.names():
+                resolved = self._catalog.resolve(name)
+                if resolved is not None:
+                    found.append(self._describer.describe(name, resolved[1]))
+            return found
+
+        return await asyncio.to_thread(describe_all)
+
+    # -- runners ------------------------------------------------------------------------------
+
+    def acquire(self, model: str, options: RunnerOptions | None = None,
+                keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
+        return self.scheduler.acquire(model, options, keep_alive)
+
+    def loaded(self) -> list[RunnerInfo]:
+        return self.scheduler.loaded() if self._scheduler is not None else []
+
+    def starting(self) -> list[StartingRunner]:
+        return self.scheduler.starting() if self._scheduler is not None else []
+
+    @property
+    def queue_depth(self) -> int:
+        return self._scheduler.queue_depth if self._scheduler is not None else 0
+
+    def runner_output(self, runner: str) -> list[str]:
+        return self.scheduler.runner_output(runner) if self._scheduler is not None else []
+
+    async def unload(self, model: str) -> bool:
+        return await self.scheduler.unload(model)
+
+    def memory(self) -> MemorySample:
+        total, available = system_memory()
+        return MemorySample(total, available, tuple(gpus()))
+
+    # -- the store ----------------------------------------------------------------------------
+
+    def pull(self, model: str | None = None, url: str | None = None,
+             sha256: str | None = None, insecure: bool = False) -> PullJob:
+        puller = self._puller
+        if url is not None:
+            self._check_host(urlsplit(url).netloc, "url")
+            digest = sha256 or ""
+            return lambda emit: puller.pull_url(url, digest, emit, model)
+        if not model:
+            raise InvalidNameError("'model' is required")
+        name = self._catalog.store.parse_name(model)
+        self._check_host(name.host, "model")
+        return lambda emit: puller.pull(model, emit, insecure=insecure)
+
+    def _check_host(self, host: str, param: str) -> None:
+        """A client of the API may make this server fetch only from the default registry or
+        a host the operator allowed: anything else would let it probe the server's network
+        (SSRF: cloud metadata, internal services). The CLI, run by the operator, has no such
+        limit: it uses the puller directly."""
+        allowed = self._catalog.store.default_host.lower()
+        if host.lower() == allowed:
+            return
+        try:
+            self._puller.options.check_host(f"http://{host}/")
+        except HostNotAllowedError:
+            pass
+        else:
+            if self._puller.options.allowed_hosts:
+                return
+        raise PullRefusedError(host, allowed, param)
+
+    async def delete(self, model: str) -> None:
+        configured = self._settings.resolve_model(model)
+        if configured is not None and not is_store_source(configured[1].source):
+            raise ConfiguredModelError(model, configured[1].source)
+        target = configured[1].source if configured is not None else model
+        store = self._catalog.store
+        store.require(target)
+        if self._catalog.resolve(model) is not None and self._scheduler is not None:
+            # Loads of the model wait until the files are gone: none can take the lock between.
+            async with self._scheduler.removing(model):
+                await asyncio.to_thread(store.remove, target)
+        else:
+            await asyncio.to_thread(store.remove, target)
+

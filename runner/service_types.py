@@ -1,0 +1,98 @@
+"""The values that cross the door between the gateway and the runner side (:mod:`runner.service`).
+
+Plain data: a gateway, a test or another node can build and read them without any of the
+machinery behind them (processes, the scheduler, the store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runner.memory import GpuMemory
+from runner.modes import RunnerMode
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Per-request choices that shape a runner; None keeps the model's configured value."""
+
+    mode: RunnerMode | None = RunnerMode.CHAT  # None: the model's primary mode
+    ctx_size: int | None = None
+    parallel: int | None = None
+    gpu_layers: int | str | None = None
+    args: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ContextWindow:
+    """What one request may put in a runner's context: ``tokens`` (its slot's share, rounded
+    up where llama-server might give more) and the bytes of the vocabulary's longest token.
+    Zero for either means unknown: nothing is checked."""
+
+    tokens: int = 0
+    longest_token: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A claim on a ready runner for the length of one request: what the relay needs to reach
+    it and to say how long the request waited, and nothing of the process behind it."""
+
+    model: str  # the canonical name the runner reports
+    requested: str  # the name the client sent (may be an alias)
+    host: str
+    port: int
+    api_key: str
+    connections: int  # connections the relay may hold to this runner at once
+    queue_seconds: float = 0.0  # waiting for a runner, less any load
+    load_seconds: float = 0.0  # of the load this request waited for; 0 if it found one ready
+    context: ContextWindow = ContextWindow()
+    node: str = ""  # the node whose runner this is
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RunnerInfo:
+    """A snapshot of one loaded runner, for ``/api/ps``, ``/metrics`` and the console."""
+
+    runner: str  # its key: model, plus the mode when not chat (``m+embeddings``)
+    model: str
+    mode: str  # a RunnerMode value
+    pid: int | None
+    variant: str
+    ctx_size: int
+    parallel: int
+    in_flight: int
+    draining: bool
+    expires_at: float | None  # epoch seconds; None while busy or when kept forever
+    keep_alive: float
+    load_seconds: float
+    estimated_bytes: int
+    actual_bytes: int | None
+    vram_bytes: int = 0
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class StartingRunner:
+    """A runner being loaded now."""
+
+    runner: str
+    model: str
+    mode: str
+    pid: int | None
+    variant: str
+    estimated_bytes: int
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """The machine's memory as the service sees it: RAM and each GPU, in bytes."""
+
+    ram_total: int
+    ram_available: int
+    gpus: tuple[GpuMemory, ...] = ()
