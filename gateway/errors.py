@@ -189,6 +189,8 @@ def runner_error(raw: bytes, status: int) -> APIError:
     try:
         data = orjson.loads(raw)
         error = data.get("error") if isinstance(data, dict) else None
+        if error is None and isinstance(data, dict) and "message" in data:
+            error = data  # an older llama-server's "error: {...}" stream line: the bare object
     except orjson.JSONDecodeError:
         error = None
     if isinstance(error, str):  # Ollama-like runners

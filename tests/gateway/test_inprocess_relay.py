@@ -264,10 +264,6 @@ async def test_an_old_style_error_line_mid_stream_becomes_an_openai_error_event(
     assert_released(service)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: Relay._normalise_events (gateway/relay.py, 'payload = event.split(b\":\", 1)"
-    "[1]') hands the bare error object of an 'error: {...}' line to normalise_error, which "
-    "reads only a {\"error\": ...} wrapper, so the client's message is the object's JSON text"))
 async def test_an_old_style_error_lines_message_is_the_runners_message(
         client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
     body = await _old_style_error(client, upstream)
