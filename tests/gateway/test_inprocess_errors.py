@@ -39,29 +39,6 @@ from tests.fakes.fake_service import (
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream(model="tiny") as started:
-        yield started
-
-
-@pytest.fixture
-def service(upstream: FakeUpstream) -> FakeModelService:
-    return FakeModelService(upstream=(upstream.host, upstream.port))
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
-
-
-@pytest.fixture
-async def client(settings: Settings, service: FakeModelService
-                 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with gateway_client(settings, service) as started:
-        yield started
-
-
 # -- what each family's error must look like -------------------------------------------------
 
 

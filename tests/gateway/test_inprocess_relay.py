@@ -9,7 +9,6 @@ part of each exchange, in milliseconds, with everything the fakes saw open to as
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,29 +34,6 @@ from tests.fakes.fake_service import (
 )
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream(model="tiny") as started:
-        yield started
-
-
-@pytest.fixture
-def service(upstream: FakeUpstream) -> FakeModelService:
-    return FakeModelService(upstream=(upstream.host, upstream.port))
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
-
-
-@pytest.fixture
-async def client(settings: Settings, service: FakeModelService
-                 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with gateway_client(settings, service) as started:
-        yield started
 
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
