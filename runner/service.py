@@ -47,7 +47,6 @@ from runner.models import is_store_source
 from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract, find_system_binary
 from runner.pull import Emit, Puller, PullEvent
-from runner.scheduler import Scheduler
 from runner.service_types import (
     ContextWindow,
     Lease,
@@ -57,6 +56,7 @@ from runner.service_types import (
     StartingRunner,
 )
 from runner.settings import Settings
+from runner.supervisor import Supervisor
 from runner.units import format_bytes
 from runner.variants import explain, read_cpu_flags
 
@@ -184,7 +184,7 @@ class LocalModelService:
         self._describer = ModelDescriber(settings.home, self._catalog.store)
         self._puller = Puller(settings, self._catalog.store)
         self._payloads: Payloads | None = None
-        self._scheduler: Scheduler | None = None
+        self._supervisor: Supervisor | None = None
         self._on_load: list[LoadObserver] = []
         self._on_stop: list[StopObserver] = []
 
@@ -197,23 +197,23 @@ class LocalModelService:
         return self._events
 
     @property
-    def scheduler(self) -> Scheduler:
-        if self._scheduler is None:
+    def supervisor(self) -> Supervisor:
+        if self._supervisor is None:
             raise ShuttingDownError("switchboard is not serving yet")
-        return self._scheduler
+        return self._supervisor
 
     async def start(self) -> None:
         payloads = extract(self._settings.tmpdir, self._settings.home,
                            find_system_binary(self._settings.llama_server))
         self._payloads = payloads
-        self._scheduler = Scheduler(self._settings, payloads, gpu=gpu_library(),
+        self._supervisor = Supervisor(self._settings, payloads, gpu=gpu_library(),
                                     on_load=self._loaded, on_stop=self._stopped,
                                     catalog=self._catalog, events=self._events)
 
     async def close(self) -> None:
         try:
-            if self._scheduler is not None:
-                await self._scheduler.close()
+            if self._supervisor is not None:
+                await self._supervisor.close()
             await self._puller.aclose()
         finally:
             if self._payloads is not None:
@@ -221,7 +221,7 @@ class LocalModelService:
 
     def report(self) -> list[tuple[int, str]]:
         lines = [(logging.INFO, "runner: " + explain(
-            self.scheduler.variants(), read_cpu_flags(), self.scheduler.gpu,
+            self.supervisor.variants(), read_cpu_flags(), self.supervisor.gpu,
             self._settings.llm_library))]
         found = gpus()
         lines += [(logging.INFO, f"GPU {d.index}: {d.name}, {format_bytes(d.free)} free of "
@@ -279,23 +279,23 @@ class LocalModelService:
 
     def acquire(self, model: str, options: RunnerOptions | None = None,
                 keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
-        return self.scheduler.acquire(model, options, keep_alive)
+        return self.supervisor.acquire(model, options, keep_alive)
 
     def loaded(self) -> list[RunnerInfo]:
-        return self.scheduler.loaded() if self._scheduler is not None else []
+        return self.supervisor.loaded() if self._supervisor is not None else []
 
     def starting(self) -> list[StartingRunner]:
-        return self.scheduler.starting() if self._scheduler is not None else []
+        return self.supervisor.starting() if self._supervisor is not None else []
 
     @property
     def queue_depth(self) -> int:
-        return self._scheduler.queue_depth if self._scheduler is not None else 0
+        return self._supervisor.queue_depth if self._supervisor is not None else 0
 
     def runner_output(self, runner: str) -> list[str]:
-        return self.scheduler.runner_output(runner) if self._scheduler is not None else []
+        return self.supervisor.runner_output(runner) if self._supervisor is not None else []
 
     async def unload(self, model: str) -> bool:
-        return await self.scheduler.unload(model)
+        return await self.supervisor.unload(model)
 
     def memory(self) -> MemorySample:
         total, available = system_memory()
@@ -340,9 +340,9 @@ class LocalModelService:
         target = configured[1].source if configured is not None else model
         store = self._catalog.store
         store.require(target)
-        if self._catalog.resolve(model) is not None and self._scheduler is not None:
+        if self._catalog.resolve(model) is not None and self._supervisor is not None:
             # Loads of the model wait until the files are gone: none can take the lock between.
-            async with self._scheduler.removing(model):
+            async with self._supervisor.removing(model):
                 await asyncio.to_thread(store.remove, target)
         else:
             await asyncio.to_thread(store.remove, target)
