@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -325,13 +324,13 @@ class Relay:
                 watcher.cancel()
 
     async def _lease_and_relay(self, send: Send) -> None:
-        started = time.perf_counter()
         pinger = _LoadPinger(send, self._load_ping) if self._load_ping else None
         try:
             with service_errors(self._model):
                 lease_cm = self._service.acquire(self._model, self._options, self._keep_alive)
                 async with lease_cm as lease:
-                    waited = time.perf_counter() - started
+                    # The service measured it (on another node, in a fleet): not again here.
+                    waited = lease.queue_seconds + lease.load_seconds
                     timing = _server_timing(waited, lease.load_seconds)
                     if pinger is not None:
                         await pinger.stop()

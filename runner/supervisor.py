@@ -130,7 +130,6 @@ class _Child:
 
     key: str
     process: RunnerProcess
-    need: int
     context: ContextWindow = field(default_factory=ContextWindow)
     timer: asyncio.TimerHandle | None = None
 
@@ -458,7 +457,7 @@ class Supervisor:
                 functools.partial(self._exited, runner_id),
             )
             process.on_line = functools.partial(self._publish_line, key)
-            self._children[runner_id] = _Child(key, process, need)
+            self._children[runner_id] = _Child(key, process)
             self._publish_runner(key, process, "starting", estimated_bytes=need)
             try:
                 await process.start()
@@ -595,7 +594,7 @@ class Supervisor:
                 process = child.process
                 found.append(StartingRunner(runner.key, process.spec.model,
                                             str(process.spec.mode), process.pid,
-                                            process.variant, child.need, self._node))
+                                            process.variant, runner.estimate, self._node))
         return found
 
     def runner_output(self, key: str) -> list[str]:
