@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from runner.models import resolve_source
+from runner.model_source import resolve_source
 from runner.settings import DEFAULT_MODEL, Settings
 from tests.conftest import FAKE_RUNNER
 from tests.e2e.server import Served, gemma_models, start_server

@@ -25,7 +25,7 @@ from bench.peers import (
     start_floor,
     start_switchboard,
 )
-from runner.models import resolve_source
+from runner.model_source import resolve_source
 from runner.settings import Settings
 from tests.e2e.server import children
 

@@ -45,7 +45,7 @@ import uvloop
 from bench import pull as pull_bench
 from bench.load import Target, chat_body, percentile, run
 from gateway.upstream import UpstreamPool
-from runner.models import resolve_source, resolve_template
+from runner.model_source import resolve_source, resolve_template
 from runner.payloads import packaged_variants
 from runner.settings import DEFAULT_MODEL, Settings
 from runner.variants import order_variants, read_cpu_flags

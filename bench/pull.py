@@ -27,7 +27,7 @@ from pathlib import Path
 
 from runner.catalog import open_store
 from runner.download import Downloader, DownloadOptions
-from runner.models import resolve_source
+from runner.model_source import resolve_source
 from runner.settings import DEFAULT_MODEL, Settings
 from tests.e2e.server import environment
 from tests.fakes.registry import file_sha256

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from runner.models import resolve_source
+from runner.model_source import resolve_source
 from runner.settings import DEFAULT_MODEL, Settings
 from tests.e2e.server import gemma_models, start_server
 

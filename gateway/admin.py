@@ -14,9 +14,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import service_errors
-from gateway.ollama.models import details
-from gateway.payload import parse_object, require_model
-from gateway.responses import JSONBytes
+from gateway.json_response import JSONBytes
+from gateway.ollama.local_models import details
+from gateway.request_body import parse_object, require_model
 from runner.service import ModelFacts, ModelNotFoundError, ModelService, RunnerInfo
 
 

@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import read_request, require_flag
 from gateway.relay import Relay
+from gateway.request_body import read_request, require_flag
 
 PATH = b"/v1/messages"
 COUNT_PATH = b"/v1/messages/count_tokens"

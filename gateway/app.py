@@ -22,17 +22,17 @@ from gateway import (
     anthropic,
     chat,
     completions,
+    direct_write,
     embeddings,
     events,
     health,
     llama,
-    models,
+    model_list,
     ollama,
     openai_responses,
     openapi,
     pull,
     rerank,
-    splice,
 )
 from gateway.access_log import AccessLog
 from gateway.allowlist import Allowlist
@@ -40,9 +40,9 @@ from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
 from gateway.drain import Drain, DrainState
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.hotpath import HotPath
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
+from gateway.relay_dispatch import RelayDispatch
 from gateway.upstream import UpstreamPool
 from runner.service import LocalModelService, ModelService
 from runner.settings import Settings
@@ -65,8 +65,8 @@ def _banner(settings: Settings, service: ModelService) -> None:
     lines = service.report()
     for level, line in lines[:1]:  # the runner first, then how the relay writes
         log.log(level, "%s", line)
-    log.log(logging.INFO if splice.UNAVAILABLE is None else logging.WARNING, "%s",
-            splice.describe())
+    log.log(logging.INFO if direct_write.UNAVAILABLE is None else logging.WARNING, "%s",
+            direct_write.describe())
     for level, line in lines[1:]:
         log.log(level, "%s", line)
     if not _writable(settings.home):
@@ -81,10 +81,10 @@ UI = Path(__file__).parent / "ui"
 
 
 # What may sit between the server and the relay: the relay writes stream chunks straight to
-# the client's transport (gateway.splice), past every middleware, so one that changes bodies
+# the client's transport (gateway.direct_write), past every middleware, so one that changes bodies
 # (compression, rewriting) would see a stream's head and end but not its middle.
 _BODY_PRESERVING: frozenset[type] = frozenset({AccessLog, Drain, CORSMiddleware, APIKeyAuth,
-                                               BodyLimit, HotPath})
+                                               BodyLimit, RelayDispatch})
 
 
 def _check_middleware(extra: Sequence[Middleware]) -> None:
@@ -92,9 +92,10 @@ def _check_middleware(extra: Sequence[Middleware]) -> None:
         cls: Any = entry.cls
         if cls not in _BODY_PRESERVING and not getattr(cls, "preserves_bodies", False):
             raise ValueError(
-                f"{cls.__name__} would sit inside the relay's direct writes (gateway.splice), "
-                "which bypass it: a middleware that changes response bodies must wrap the "
-                "server instead; one that does not can say so with preserves_bodies = True")
+                f"{cls.__name__} would sit inside the relay's direct writes "
+                "(gateway.direct_write), which bypass it: a middleware that changes response "
+                "bodies must wrap the server instead; one that does not can say so with "
+                "preserves_bodies = True")
 
 
 def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
@@ -138,7 +139,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
                *anthropic.routes, *rerank.routes, *llama.routes, *ollama.relayed]
     app = Starlette(
         routes=[
-            *relayed, *models.routes, *ollama.models.routes, *admin.routes, *pull.routes,
+            *relayed, *model_list.routes, *ollama.local_models.routes, *admin.routes, *pull.routes,
             *events.routes, *health.routes, *metrics_routes, *openapi.routes,
             # The console's page is open (it asks for a key); what it calls is not.
             Route("/ui", lambda request: RedirectResponse("/ui/"), methods=["GET"]),
@@ -158,7 +159,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
                        metrics_public=settings.metrics_public),
             Middleware(BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_timeout),
             *middleware,
-            Middleware(HotPath, routes=relayed),
+            Middleware(RelayDispatch, routes=relayed),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import read_request, require_flag, require_single_choice
 from gateway.relay import Relay
+from gateway.request_body import read_request, require_flag, require_single_choice
 
 PATH = b"/v1/chat/completions"
 

@@ -39,7 +39,7 @@ async def _serve(settings: Settings, listener: int) -> None:
     from hypercorn.config import Config
 
     from gateway.app import create_app
-    from gateway.splice import ExposeServerSend
+    from gateway.direct_write import ExposeServerSend
 
     config = Config()
     config.bind = [f"fd://{listener}"]  # hypercorn owns (and closes) the bound socket
@@ -212,12 +212,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from gateway import reference
+    from gateway import generated_docs
 
     if args.markdown:
-        print(reference.settings_markdown())
+        print(generated_docs.settings_markdown())
     elif args.yaml:
-        print(reference.settings_yaml())
+        print(generated_docs.settings_yaml())
     else:
         for _name, env, default, doc in describe():
             print(f"{env:34} {default or '(empty)':24} {doc}")
@@ -225,9 +225,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_help(args: argparse.Namespace) -> int:
-    from gateway import reference
+    from gateway import generated_docs
 
-    print(reference.commands_markdown(build_parser()))
+    print(generated_docs.commands_markdown(build_parser()))
     return 0
 
 

@@ -6,8 +6,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import is_text_or_tokens, read_request, require_flag, require_single_choice
 from gateway.relay import Relay
+from gateway.request_body import (
+    is_text_or_tokens,
+    read_request,
+    require_flag,
+    require_single_choice,
+)
 
 PATH = b"/v1/completions"
 

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import is_text_or_tokens, read_request
 from gateway.relay import Relay
+from gateway.request_body import is_text_or_tokens, read_request
 from runner.service import RunnerMode, RunnerOptions
 
 PATH = b"/v1/embeddings"

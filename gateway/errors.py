@@ -232,7 +232,7 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 
 async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
-    # The client left mid-body (routes off the hot path; gateway.hotpath handles its own):
+    # The client left mid-body (routes off the hot path; gateway.relay_dispatch handles its own):
     # no traceback, and the access log and metrics count nginx's 499, not a 500. Nobody
     # reads the response.
     assert isinstance(exc, ClientDisconnect)

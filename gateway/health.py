@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.responses import JSONBytes
+from gateway.json_response import JSONBytes
 
 
 async def health(request: Request) -> Response:

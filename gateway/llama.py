@@ -8,8 +8,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError
-from gateway.payload import read_request
 from gateway.relay import Relay
+from gateway.request_body import read_request
 from runner.service import RunnerOptions
 
 _PRIMARY = RunnerOptions(mode=None)

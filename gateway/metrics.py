@@ -72,7 +72,7 @@ class Metrics:
         self.load_seconds = Histogram("switchboard_runner_load_seconds",
                                       "spawn to /health 200", ["model"],
                                       buckets=_LOAD_BUCKETS, registry=self.registry)
-        # Stream chunks written straight to the client's transport (gateway.splice) or
+        # Stream chunks written straight to the client's transport (gateway.direct_write) or
         # through ASGI: a direct path silently lost to a Hypercorn or h11 upgrade shows here.
         self.relay_writes = Counter("switchboard_relay_writes", "streamed chunks relayed, by "
                                     "path: direct (to the transport) or asgi", ["path"],

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.errors import APIError, Dialect, stream_error_event
-from gateway.payload import read_request, require_flag
 from gateway.relay import Relay
+from gateway.request_body import read_request, require_flag
 from runner.service import Lease
 
 PATH = b"/v1/responses"

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.responses import JSONBytes
+from gateway.json_response import JSONBytes
 
 _NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
 ERROR: dict[str, Any] = {

@@ -22,8 +22,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import APIError, service_errors
-from gateway.payload import parse_object, require_flag
-from gateway.responses import JSONBytes
+from gateway.json_response import JSONBytes
+from gateway.request_body import parse_object, require_flag
 from runner.service import EventBus, ModelService, PullError, PullEvent, PullJob
 
 log = logging.getLogger(__name__)

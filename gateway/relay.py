@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from gateway.allowlist import check_fits
+from gateway.direct_write import chunked_writer, client_closer
 from gateway.errors import (
     APIError,
     Dialect,
@@ -32,8 +33,7 @@ from gateway.errors import (
     stream_error_event,
 )
 from gateway.metrics import Metrics
-from gateway.payload import take_keep_alive
-from gateway.splice import chunked_writer, client_closer
+from gateway.request_body import take_keep_alive
 from gateway.upstream import (
     UpstreamBusyError,
     UpstreamError,
@@ -508,7 +508,7 @@ class Relay:
         write = chunked_writer(self._scope) if rewrite is None and self._scope else None
         if write is not None:
             def forward(chunk: bytes) -> bool:
-                # Straight to the client (gateway.splice) unless it needs more than counting:
+                # Straight to the client (gateway.direct_write) unless it needs more than counting:
                 # an error event, or anything but whole events within the limit (what
                 # llama-server sends), which the framer below must see. Three cheap tests.
                 nonlocal stats, direct

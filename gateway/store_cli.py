@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from runner.catalog import Catalog, open_store
 from runner.errors import InvalidNameError, ModelSourceError, StoreError
-from runner.models import PACKAGE_PREFIX, is_store_source, package_target, resolve_source
+from runner.model_source import PACKAGE_PREFIX, is_store_source, package_target, resolve_source
 from runner.settings import Settings, load_settings
 from runner.store import age
 from runner.units import format_count, format_size

@@ -80,7 +80,7 @@ class _Connection(asyncio.Protocol):
         self.last_data = 0.0
         self._headers_done = asyncio.get_running_loop().create_future()
         self._waiter: asyncio.Future[None] | None = None
-        # Takes body pieces as they are parsed, with no task woken (gateway.splice); False
+        # Takes body pieces as they are parsed, with no task woken (gateway.direct_write); False
         # means it took nothing, and that piece and the rest queue for next_chunk().
         self.forward: Callable[[bytes], bool] | None = None
 

@@ -17,7 +17,7 @@ import gguf
 
 from runner.errors import ModelSourceError
 from runner.gguf_header import GGUFError, GGUFInfo, Scalar, read_header
-from runner.models import (
+from runner.model_source import (
     PACKAGE_PREFIX,
     is_store_source,
     package_target,

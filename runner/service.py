@@ -43,7 +43,7 @@ from runner.errors import (
 from runner.events import Event, EventBus, Subscription
 from runner.memory import GpuMemory, gpu_library, gpus, system_memory
 from runner.model_info import ModelDescriber, ModelFacts
-from runner.models import is_store_source
+from runner.model_source import is_store_source
 from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract, find_system_binary
 from runner.pull import Emit, Puller, PullEvent

@@ -161,7 +161,7 @@ class ModelConfig(BaseModel):
         # should stop the server from starting, not fail a user's request an hour later.
         if value is not None:
             from runner.errors import ModelSourceError
-            from runner.models import resolve_template
+            from runner.model_source import resolve_template
 
             try:
                 resolve_template(value)

@@ -33,7 +33,7 @@ from runner.errors import (
 from runner.events import EventBus
 from runner.gguf_header import GGUFError, cached_header, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
-from runner.models import ModelPaths, resolve_template
+from runner.model_source import ModelPaths, resolve_template
 from runner.modes import RunnerMode
 from runner.payloads import Payloads
 from runner.process import LaunchSpec, RunnerProcess, RunnerState, relay_connections

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.models import resolve_source
+from runner.model_source import resolve_source
 from runner.payloads import packaged_variants
 from runner.settings import DEFAULT_MODEL, Settings
 from tests.fakes.registry import MODEL, FakeRegistry

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.reference import model_keys_yaml, settings_yaml
+from gateway.generated_docs import model_keys_yaml, settings_yaml
 from runner.gallery import parse
 from runner.settings import ModelConfig, Settings, load_settings
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from gateway.cli import build_parser
-from gateway.reference import commands_markdown, settings_markdown
+from gateway.generated_docs import commands_markdown, settings_markdown
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

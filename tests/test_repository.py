@@ -39,3 +39,12 @@ def test_build_outputs_are_ignored() -> None:
     payload = ROOT / "runner" / "payloads" / "linux-x86_64" / "cpu" / "llama-server.gz"
     result = subprocess.run(["git", "check-ignore", "-q", str(payload)], cwd=ROOT)
     assert result.returncode == 0, "runner/payloads must stay out of git"
+
+
+def test_runner_design_map_names_every_runner_module() -> None:
+    # runner/DESIGN.md's table is the map a newcomer reads; a module missing from it is a room
+    # with no door on the plan.
+    table = (ROOT / "runner" / "DESIGN.md").read_text()
+    modules = sorted(p.name for p in (ROOT / "runner").glob("*.py") if p.name != "__init__.py")
+    assert modules, "no runner modules found"
+    assert [name for name in modules if f"`{name}`" not in table] == []

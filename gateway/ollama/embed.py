@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from gateway.errors import APIError
 from gateway.ollama.options import read_options, runner_options
-from gateway.payload import parse_object, require_model
 from gateway.relay import Relay
+from gateway.request_body import parse_object, require_model
 from runner.service import Lease, RunnerMode
 
 PATH = b"/v1/embeddings"

@@ -24,10 +24,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import APIError, service_errors
+from gateway.json_response import JSONBytes
 from gateway.ollama.options import read_options, response_format, runner_options, sampling_fields
-from gateway.payload import parse_object, require_model, take_keep_alive
 from gateway.relay import Relay
-from gateway.responses import JSONBytes
+from gateway.request_body import parse_object, require_model, take_keep_alive
 from runner.service import Lease, ModelService
 
 log = logging.getLogger(__name__)

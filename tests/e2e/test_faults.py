@@ -103,7 +103,7 @@ def test_a_runner_answer_that_cannot_be_translated_is_a_clean_error(served: Serv
 def test_a_client_that_reads_late_gets_a_flooding_stream_whole_and_in_order(
         served: Served) -> None:
     # 20,000 events (about 23 MB) arrive far faster than this client reads: relayed chunks
-    # are written straight to its connection (gateway.splice) only while little is unsent,
+    # are written straight to its connection (gateway.direct_write) only while little is unsent,
     # then go through ASGI, which waits for it. Either way none may be lost or reordered.
     body = {"model": "flood", "messages": HI, "stream": True}
     with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body,

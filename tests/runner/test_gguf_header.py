@@ -72,7 +72,7 @@ def test_read_header_of_the_default_model_is_fast(gemma_path: Path) -> None:
 
 def test_check_gguf_names_the_file_and_what_is_wrong(tmp_path: Path, gemma_path: Path) -> None:
     from runner.errors import ModelSourceError
-    from runner.models import check_gguf
+    from runner.model_source import check_gguf
     from tests.fakes.gguf import write_empty_gguf
 
     junk = tmp_path / "junk.gguf"

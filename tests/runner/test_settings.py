@@ -128,7 +128,7 @@ def test_api_keys_file_adds_keys_skipping_comments(tmp_path: Path) -> None:
 
 def test_resolve_template_bundled_or_file(tmp_path: Path) -> None:
     from runner.errors import ModelSourceError
-    from runner.models import resolve_template
+    from runner.model_source import resolve_template
 
     assert resolve_template("gemma").name == "gemma.jinja"
     mine = tmp_path / "mine.jinja"

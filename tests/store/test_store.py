@@ -117,7 +117,7 @@ def test_manifest_changes_are_seen_without_restart(store: ModelStore) -> None:
 
 def test_a_configured_model_may_name_a_store_model(store: ModelStore) -> None:
     from runner.errors import ModelSourceError
-    from runner.models import resolve_source
+    from runner.model_source import resolve_source
     from runner.settings import ModelConfig
 
     _model(store, "tiny:q8", (MODEL_MEDIA, b"GGUF q8"))

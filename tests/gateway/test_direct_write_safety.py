@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import splice
+from gateway import direct_write
 from gateway.app import create_app
 from runner.settings import Settings
 from tests.e2e.server import Served, start_fake_server
@@ -77,13 +77,13 @@ def test_internals_that_moved_mean_the_asgi_path_and_one_line_at_start(
 
 def test_without_the_internals_no_writer_or_closer_is_offered(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splice, "UNAVAILABLE", "ImportError: moved")
-    assert splice.chunked_writer({"type": "http"}) is None
-    assert splice.client_closer({"type": "http"}) is None
-    assert "off" in splice.describe()
+    monkeypatch.setattr(direct_write, "UNAVAILABLE", "ImportError: moved")
+    assert direct_write.chunked_writer({"type": "http"}) is None
+    assert direct_write.client_closer({"type": "http"}) is None
+    assert "off" in direct_write.describe()
 
 
-def test_a_body_changing_middleware_inside_the_splice_is_refused() -> None:
+def test_a_body_changing_middleware_inside_the_direct_writes_is_refused() -> None:
     with pytest.raises(ValueError, match="GZipMiddleware would sit inside"):
         create_app(Settings(), middleware=[Middleware(GZipMiddleware)])
 

@@ -13,7 +13,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from starlette.types import Receive, Scope, Send
 
-from gateway.splice import ExposeServerSend, chunked_writer
+from gateway.direct_write import ExposeServerSend, chunked_writer
 
 PIECES = [b"one ", b"two ", b"three"]
 

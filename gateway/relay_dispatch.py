@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.errors import APIError, dialect_of
 
 
-class HotPath:
+class RelayDispatch:
     def __init__(self, app: ASGIApp, routes: list[Route]) -> None:
         self.app = app
         self.routes = {route.path: route for route in routes}

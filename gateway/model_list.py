@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import model_not_found
-from gateway.responses import JSONBytes
+from gateway.json_response import JSONBytes
 
 _CREATED = int(time.time())
 

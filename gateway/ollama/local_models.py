@@ -18,8 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.errors import APIError, service_errors
-from gateway.payload import parse_object
-from gateway.responses import JSONBytes
+from gateway.json_response import JSONBytes
+from gateway.request_body import parse_object
 from runner.service import ModelFacts, ModelService
 
 
