@@ -22,7 +22,7 @@ def _require_messages(data: dict[str, object]) -> None:
 
 
 async def messages(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     _require_messages(data)
     max_tokens = data.get("max_tokens")
     # Anthropic requires it; llama-server would otherwise generate up to the context's end.
@@ -30,13 +30,13 @@ async def messages(request: Request) -> Relay:
         raise APIError(400, "'max_tokens' is required and must be a positive integer",
                        param="max_tokens")
     stream = require_flag(data, "stream")
-    return Relay.for_request(request, body, data, model, PATH, stream)
+    return Relay.for_request(request, body, data, PATH, stream)
 
 
 async def count_tokens(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     _require_messages(data)
-    return Relay.for_request(request, body, data, model, COUNT_PATH, False)
+    return Relay.for_request(request, body, data, COUNT_PATH, False)
 
 
 routes = [

@@ -13,7 +13,7 @@ PATH = b"/v1/chat/completions"
 
 
 async def chat_completions(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty array", param="messages")
@@ -23,7 +23,7 @@ async def chat_completions(request: Request) -> Relay:
     if edited:
         # OpenAI's newer name; llama-server reads max_tokens.
         data.setdefault("max_tokens", data.pop("max_completion_tokens"))
-    return Relay.for_request(request, body, data, model, PATH, stream, edited)
+    return Relay.for_request(request, body, data, PATH, stream, edited)
 
 
 routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"])]

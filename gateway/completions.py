@@ -18,13 +18,13 @@ PATH = b"/v1/completions"
 
 
 async def completions(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     if not is_text_or_tokens(data.get("prompt")):
         raise APIError(400, "'prompt' must be a string, an array of strings, or token arrays",
                        param="prompt")
     require_single_choice(data)
     stream = require_flag(data, "stream")
-    return Relay.for_request(request, body, data, model, PATH, stream)
+    return Relay.for_request(request, body, data, PATH, stream)
 
 
 routes = [Route("/v1/completions", completions, methods=["POST"])]

@@ -15,11 +15,11 @@ _EMBEDDINGS = RunnerOptions(mode=RunnerMode.EMBEDDINGS)
 
 
 async def embeddings(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     if not is_text_or_tokens(data.get("input")):
         raise APIError(400, "'input' must be a string, an array of strings, or token arrays",
                        param="input")
-    return Relay.for_request(request, body, data, model, PATH, False, options=_EMBEDDINGS)
+    return Relay.for_request(request, body, data, PATH, False, options=_EMBEDDINGS)
 
 
 routes = [Route("/v1/embeddings", embeddings, methods=["POST"])]

@@ -19,10 +19,10 @@ def _route(path: str, field: str, check: type | tuple[type, ...], what: str) -> 
     upstream = path.encode()
 
     async def endpoint(request: Request) -> Relay:
-        body, data, model = await read_request(request)
+        body, data = await read_request(request)
         if not isinstance(data.get(field), check):
             raise APIError(400, f"'{field}' must be {what}", param=field)
-        return Relay.for_request(request, body, data, model, upstream, False,
+        return Relay.for_request(request, body, data, upstream, False,
                                  options=_PRIMARY)
 
     return Route(path, endpoint, methods=["POST"])

@@ -82,17 +82,17 @@ def _require_input(data: dict[str, object]) -> None:
 
 
 async def responses(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     _require_input(data)
     stream = require_flag(data, "stream")
-    return Relay.for_request(request, body, data, model, PATH, stream,
+    return Relay.for_request(request, body, data, PATH, stream,
                              translation=ResponseEvents() if stream else None)
 
 
 async def input_tokens(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     _require_input(data)
-    return Relay.for_request(request, body, data, model, TOKENS_PATH, False)
+    return Relay.for_request(request, body, data, TOKENS_PATH, False)
 
 
 routes = [

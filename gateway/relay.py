@@ -33,7 +33,7 @@ from gateway.errors import (
     stream_error_event,
 )
 from gateway.metrics import Metrics
-from gateway.request_body import take_keep_alive
+from gateway.request_body import require_model, take_keep_alive
 from gateway.upstream import (
     UpstreamBusyError,
     UpstreamError,
@@ -214,16 +214,17 @@ class Relay:
         request: Request,
         body: bytes,
         data: dict[str, Any],
-        model: str,
         path: bytes,
         stream: bool,
         edited: bool = False,
         options: RunnerOptions | None = None,
         translation: Translation | None = None,
     ) -> Relay:
-        """The relay for a validated request. ``keep_alive`` is ours, so it is taken out here
+        """The relay for a validated request, to a runner of the model ``data`` names (every
+        body bound for a runner names one). ``keep_alive`` is ours, so it is taken out here
         for every route; the client's bytes go upstream untouched unless something was
         removed or the route ``edited`` ``data``."""
+        model = require_model(data)
         keep_alive, present = take_keep_alive(data)
         state = request.app.state
         # Every body bound for a runner passes the allowlist here, whatever its route.

@@ -24,11 +24,13 @@ def parse_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-async def read_request(request: Request) -> tuple[bytes, dict[str, Any], str]:
-    """The raw body, its JSON object and its model: what every relayed route starts from."""
+async def read_request(request: Request) -> tuple[bytes, dict[str, Any]]:
+    """The raw body and its JSON object, which names a model: what every relayed route starts
+    from (the relay routes by that name, so a route need not carry it)."""
     body = await request.body()
     data = parse_object(body)
-    return body, data, require_model(data)
+    require_model(data)
+    return body, data
 
 
 def require_model(data: dict[str, Any]) -> str:

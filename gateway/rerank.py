@@ -37,7 +37,7 @@ class _WithDocuments:
 
 
 async def rerank(request: Request) -> Relay:
-    body, data, model = await read_request(request)
+    body, data = await read_request(request)
     if not isinstance(data.get("query"), str):
         raise APIError(400, "'query' must be a string", param="query")
     documents: Any = data.get("documents")
@@ -50,7 +50,7 @@ async def rerank(request: Request) -> Relay:
                               or top_n < 1):
         raise APIError(400, "'top_n' must be a positive integer", param="top_n")
     translation = _WithDocuments(documents) if require_flag(data, "return_documents") else None
-    return Relay.for_request(request, body, data, model, PATH, False, options=_RERANKING,
+    return Relay.for_request(request, body, data, PATH, False, options=_RERANKING,
                              translation=translation)
 
 

@@ -94,7 +94,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if is_url(target) and not args.sha256:
         print("pull: a URL needs --sha256 HEX (the file's digest, to verify it)", file=sys.stderr)
         return 2
-    configured = settings.resolve_model(target)
+    configured = Catalog(settings, open_store(settings)).configured(target)
     if configured is not None and not is_store_source(configured[1].source):
         # A packaged or file model: make sure its GGUF is there (assembling a package).
         try:
@@ -142,7 +142,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    configured = settings.resolve_model(args.model)
+    configured = Catalog(settings, open_store(settings)).configured(args.model)
     if configured is not None and not is_store_source(configured[1].source):
         print(f"rm: '{args.model}' comes from the config ({configured[1].source}), not the "
               "store; remove it from the config instead", file=sys.stderr)

@@ -334,7 +334,7 @@ class LocalModelService:
         raise PullRefusedError(host, allowed, param)
 
     async def delete(self, model: str) -> None:
-        configured = self._settings.resolve_model(model)
+        configured = self._catalog.configured(model)
         if configured is not None and not is_store_source(configured[1].source):
             raise ConfiguredModelError(model, configured[1].source)
         target = configured[1].source if configured is not None else model

@@ -321,16 +321,6 @@ class Settings(BaseModel):
         default_factory=_default_models, description="models by the name clients send"
     )
 
-    def resolve_model(self, name: str) -> tuple[str, ModelConfig] | None:
-        """The canonical name and config for a name or alias a client sent."""
-        config = self.models.get(name)
-        if config is not None:
-            return name, config
-        for canonical, candidate in self.models.items():
-            if name in candidate.aliases:
-                return canonical, candidate
-        return None
-
 
 class SettingsError(ValueError):
     """A setting that cannot be used, with the source it came from."""

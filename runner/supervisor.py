@@ -33,7 +33,7 @@ from runner.errors import (
 from runner.events import EventBus
 from runner.gguf_header import GGUFError, cached_header, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
-from runner.model_source import ModelPaths, resolve_template
+from runner.model_source import resolve_template
 from runner.modes import RunnerMode
 from runner.payloads import Payloads
 from runner.process import LaunchSpec, RunnerProcess, RunnerState, relay_connections
@@ -178,7 +178,6 @@ class Supervisor:
             max_queue=settings.max_queue,
             memory_budget=settings.memory_budget,
         ))
-        self._paths = ModelPaths(settings.home, self.catalog.store)
         self._ids = itertools.count(1)
         self._requests: dict[int, _Request] = {}
         self._children: dict[int, _Child] = {}
@@ -378,7 +377,7 @@ class Supervisor:
         return Memory(total, available, tuple((g.total, g.free) for g in devices))
 
     async def _spec(self, canonical: str, shape: Shape, config: ModelConfig) -> LaunchSpec:
-        model_path = await self._paths.path(config.source)
+        model_path = await self.catalog.gguf(config)
         pooling = None
         if shape.mode is RunnerMode.EMBEDDINGS:
             pooling = await asyncio.to_thread(_pooling_for, model_path)

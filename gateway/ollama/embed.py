@@ -68,7 +68,7 @@ def _relay(request: Request, data: dict[str, Any], model: str, inputs: list[str]
     if "keep_alive" in data:
         body["keep_alive"] = data["keep_alive"]
     options = runner_options(read_options(data), RunnerMode.EMBEDDINGS)
-    return Relay.for_request(request, b"", body, model, PATH, False, edited=True,
+    return Relay.for_request(request, b"", body, PATH, False, edited=True,
                              options=options, translation=Embeddings(model, legacy, dimensions))
 
 

@@ -298,7 +298,7 @@ async def chat(request: Request) -> Response | Relay:
         if not isinstance(tools, list):
             raise APIError(400, "'tools' must be an array", param="tools")
         body["tools"] = tools
-    return Relay.for_request(request, b"", body, model, CHAT_PATH, stream, edited=True,
+    return Relay.for_request(request, b"", body, CHAT_PATH, stream, edited=True,
                              options=runner_options(options),
                              translation=Generation(model, "chat"))
 
@@ -327,7 +327,7 @@ async def generate(request: Request) -> Response | Relay:
                          "content": _with_images(prompt, data.get("images"), "images")})
         body = {"model": model, "messages": messages, **common}
         path, kind = CHAT_PATH, "generate"
-    return Relay.for_request(request, b"", body, model, path, stream, edited=True,
+    return Relay.for_request(request, b"", body, path, stream, edited=True,
                              options=runner_options(options),
                              translation=Generation(model, kind))
 

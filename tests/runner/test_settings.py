@@ -88,14 +88,6 @@ def test_load_settings_api_keys_split_on_commas() -> None:
     assert settings.api_keys == ("a", "b", "c")
 
 
-def test_resolve_model_by_name_and_alias() -> None:
-    settings = load_settings(environ={})
-    assert settings.resolve_model("gemma3:270m") is not None
-    resolved = settings.resolve_model("gemma")
-    assert resolved is not None and resolved[0] == "gemma3:270m"
-    assert settings.resolve_model("nope") is None
-
-
 def test_child_environment_drops_llama_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "1")
     monkeypatch.setenv("LLAMA_API_KEY", "leaked")

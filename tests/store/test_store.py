@@ -60,6 +60,49 @@ def test_catalog_serves_stored_models_but_config_names_win(store: ModelStore) ->
     assert catalog.resolve("../etc/passwd") is None
 
 
+def test_catalog_resolves_configured_names_and_aliases_without_the_store(
+        store: ModelStore) -> None:
+    from runner.settings import ModelConfig
+
+    settings = Settings(models={
+        "a": ModelConfig(source="x.gguf", aliases=("shared", "b")),
+        "b": ModelConfig(source="y.gguf", aliases=("shared",)),
+    })
+    catalog = Catalog(settings, store)
+    assert catalog.resolve("shared") == ("a", settings.models["a"])  # the first alias wins
+    assert catalog.resolve("b") == ("b", settings.models["b"])  # a name beats an alias
+    assert catalog.configured("a") is not None and catalog.configured("nope") is None
+    _model(store, "nope", (MODEL_MEDIA, b"GGUF"))
+    assert catalog.configured("nope") is None and catalog.resolve("nope") is not None
+
+
+async def test_catalog_gives_a_configured_store_model_its_blob_and_refuses_a_torn_one(
+        store: ModelStore, tmp_path: Path) -> None:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from runner.errors import ModelSourceError
+    from runner.settings import ModelConfig
+
+    writer = GGUFWriter(str(tmp_path / "tiny.gguf"), "gemma3")
+    writer.add_tensor("weights", np.zeros((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    whole = (tmp_path / "tiny.gguf").read_bytes()
+    _model(store, "tiny:q8", (MODEL_MEDIA, whole))
+    _model(store, "torn:q8", (MODEL_MEDIA, whole[: len(whole) // 2]))
+    settings = Settings(models={"fast": ModelConfig(source="tiny:q8"),
+                                "torn": ModelConfig(source="torn:q8")})
+    catalog = Catalog(settings, store)
+    fast, torn = catalog.resolve("fast"), catalog.resolve("torn")
+    assert fast is not None and torn is not None
+    assert (await catalog.gguf(fast.config)).read_bytes() == whole
+    with pytest.raises(ModelSourceError, match="truncated"):
+        await catalog.gguf(torn.config)
+
+
 def test_rm_frees_blobs_no_other_manifest_references(store: ModelStore) -> None:
     _model(store, "a", (MODEL_MEDIA, b"GGUF shared"), (LICENSE_MEDIA, b"license a"))
     _model(store, "b", (MODEL_MEDIA, b"GGUF shared"))
