@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-reliability lint payloads model toolchain browser bench clean
+.PHONY: serve test test-reliability lint payloads model toolchain browser nats bench clean
 
 # Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
@@ -24,6 +24,13 @@ toolchain:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq g++ make >/dev/null; \
 	  else echo "a C++ compiler is needed: sudo apt-get install g++" >&2; exit 1; fi; }
+
+# The fleet's tests start their own NATS server (JetStream): Debian's nats-server.
+nats:
+	@command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq nats-server >/dev/null; \
+	  else echo "the fleet tests need nats-server: sudo apt-get install nats-server" >&2; exit 1; fi; }
 
 # The console's browser test drives Debian's Chromium: Playwright's own browser download needs
 # the internet. Without root or apt the test says it was skipped and why.
@@ -48,7 +55,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check gateway runner tests bench setup.py
 	$(BIN)/mypy
 
-test: payloads model lint browser
+test: payloads model lint browser nats
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # The reliability suite on its own (its fast part also runs in `make test`).

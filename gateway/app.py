@@ -28,6 +28,7 @@ from gateway import (
     health,
     llama,
     model_list,
+    nodes,
     ollama,
     openai_responses,
     openapi,
@@ -140,7 +141,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
     app = Starlette(
         routes=[
             *relayed, *model_list.routes, *ollama.local_models.routes, *admin.routes, *pull.routes,
-            *events.routes, *health.routes, *metrics_routes, *openapi.routes,
+            *events.routes, *nodes.routes, *health.routes, *metrics_routes, *openapi.routes,
             # The console's page is open (it asks for a key); what it calls is not.
             Route("/ui", lambda request: RedirectResponse("/ui/"), methods=["GET"]),
             Mount("/ui", StaticFiles(directory=UI, html=True), name="ui"),

@@ -99,11 +99,20 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    settings = load_settings(args.config, host=args.host, port=args.port)
+    settings = load_settings(args.config, host=args.host, port=args.port,
+                             cluster=args.cluster)
     _setup_logging(settings.log_level)
     if not settings.api_keys and not _is_loopback(settings.host) and not args.insecure:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
+        return 2
+    from runner.cluster_config import cluster_config
+    from runner.settings import SettingsError
+
+    try:
+        cluster_config(settings)  # a fleet setting that cannot work: one line, before binding
+    except SettingsError as exc:
+        print(f"serve: {exc}", file=sys.stderr)
         return 2
     # Bound here, before anything starts: a taken port is one clear line, not a traceback
     # after the runners were already extracted.
@@ -244,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the OpenAI API", parents=[common])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--cluster", metavar="NATS_URL",
+                       help="join a fleet through this NATS server (nats://HOST:PORT)")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a non-loopback address without API keys")
     serve.set_defaults(func=cmd_serve)

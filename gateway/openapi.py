@@ -228,6 +228,7 @@ _GETS = {
     "/v1/models": "the models clients may name",
     "/v1/models/{model}": "one model, by name or alias",
     "/api/ps": "loaded runners",
+    "/api/nodes": "the fleet: each node with its models, loaded runners and free memory",
     "/api/tags": "the models clients may name, in Ollama's shape",
     "/api/version": "switchboard's version",
     "/health": "the gateway is up",

@@ -17,10 +17,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from importlib.metadata import version
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from runner.catalog import Catalog, open_store
+from runner.cluster_config import cluster_config
 from runner.download import HostNotAllowedError
 from runner.errors import (
     ConfiguredModelError,
@@ -41,6 +43,7 @@ from runner.errors import (
     StoreError,
 )
 from runner.events import Event, EventBus, Subscription
+from runner.membership import Membership
 from runner.memory import GpuMemory, gpu_library, gpus, system_memory
 from runner.model_info import ModelDescriber, ModelFacts
 from runner.model_source import is_store_source
@@ -51,6 +54,8 @@ from runner.service_types import (
     ContextWindow,
     Lease,
     MemorySample,
+    NodeRecord,
+    NodeRunner,
     RunnerInfo,
     RunnerOptions,
     StartingRunner,
@@ -64,7 +69,8 @@ __all__ = [
     "ConfiguredModelError", "ContextWindow", "Emit", "Event", "EventBus", "GpuMemory",
     "InvalidNameError", "Lease", "LocalModelService", "MemorySample", "ModeNotServedError",
     "ModelFacts", "ModelInUseError", "ModelNotFoundError", "ModelNotInStoreError",
-    "ModelService", "ModelSourceError", "ModelTooLargeError", "NoRunnerError", "PullError",
+    "ModelService", "ModelSourceError", "ModelTooLargeError", "NoRunnerError", "NodeRecord",
+    "NodeRunner", "PullError",
     "PullEvent", "PullJob", "PullRefusedError", "QueueFullError", "RunnerInfo", "RunnerMode",
     "RunnerOptions", "RunnerStartError", "ServiceError", "ShuttingDownError", "StartingRunner",
     "StoreError", "Subscription",
@@ -158,6 +164,10 @@ class ModelService(Protocol):
         """RAM and GPU memory now (a /proc read and NVML: not per request)."""
         ...
 
+    def nodes(self) -> list[NodeRecord]:
+        """The nodes serving with this one, this one first (only itself when alone)."""
+        ...
+
     # -- the store ----------------------------------------------------------------------------
 
     def pull(self, model: str | None = None, url: str | None = None,
@@ -178,7 +188,9 @@ class LocalModelService:
 
     def __init__(self, settings: Settings, node: str = "") -> None:
         self._settings = settings
-        self._node = node
+        self._fleet = cluster_config(settings)
+        self._node = self._fleet.node if self._fleet is not None and not node else node
+        self._membership: Membership | None = None
         self._events = EventBus()
         self._catalog = Catalog(settings, open_store(settings))
         self._describer = ModelDescriber(settings.home, self._catalog.store)
@@ -208,10 +220,16 @@ class LocalModelService:
         self._payloads = payloads
         self._supervisor = Supervisor(self._settings, payloads, gpu=gpu_library(),
                                     on_load=self._loaded, on_stop=self._stopped,
-                                    catalog=self._catalog, events=self._events)
+                                    catalog=self._catalog, events=self._events,
+                                    node=self._node)
+        if self._fleet is not None:
+            self._membership = Membership(self._fleet, self._record, self._settings.node_ttl)
+            await self._membership.start()
 
     async def close(self) -> None:
         try:
+            if self._membership is not None:
+                await self._membership.close()  # out of the fleet before the runners go
             if self._supervisor is not None:
                 await self._supervisor.close()
             await self._puller.aclose()
@@ -300,6 +318,27 @@ class LocalModelService:
     def memory(self) -> MemorySample:
         total, available = system_memory()
         return MemorySample(total, available, tuple(gpus()))
+
+    # -- the fleet ----------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeRecord]:
+        if self._membership is not None:
+            return self._membership.nodes()
+        return [self._record()]
+
+    def _record(self) -> NodeRecord:
+        """What this node says of itself in the fleet (built at each heartbeat)."""
+        settings = self._settings
+        url = self._fleet.advertise_url if self._fleet is not None else \
+            f"http://{settings.host}:{settings.port}"
+        runners = tuple(NodeRunner(r.runner, r.model, r.mode, r.in_flight, r.parallel,
+                                   r.draining) for r in self.loaded())
+        total, available = system_memory()
+        memory = {"ram_total": total, "ram_available": available,
+                  "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
+                           for g in gpus()]}
+        return NodeRecord(self._node or "local", url, version("switchboard"),
+                          tuple(self.names()), runners, self.queue_depth, memory)
 
     # -- the store ----------------------------------------------------------------------------
 

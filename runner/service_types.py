@@ -6,7 +6,10 @@ machinery behind them (processes, the scheduler, the store).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
 
 from runner.memory import GpuMemory
 from runner.modes import RunnerMode
@@ -96,3 +99,37 @@ class MemorySample:
     ram_total: int
     ram_available: int
     gpus: tuple[GpuMemory, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeRunner:
+    """One loaded runner as the fleet sees it: enough to route by load."""
+
+    runner: str
+    model: str
+    mode: str
+    busy: int
+    slots: int
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What a node says of itself in the bucket."""
+
+    name: str
+    url: str
+    version: str
+    models: tuple[str, ...] = ()
+    runners: tuple[NodeRunner, ...] = ()
+    queue_depth: int = 0
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> NodeRecord:
+        data = orjson.loads(raw)
+        runners = tuple(NodeRunner(**r) for r in data.pop("runners", ()))
+        return cls(runners=runners, models=tuple(data.pop("models", ())), **data)

@@ -317,6 +317,24 @@ class Settings(BaseModel):
     system_backends: OptionalUserPath = Field(
         None, description="read-only directory of backends the system provides"
     )
+    # The fleet (runner/cluster_config.py checks them together at start).
+    cluster: str | None = Field(
+        None, description="NATS server of the fleet to join, nats://[user:password@]HOST:PORT; "
+        "empty = this node alone"
+    )
+    node_name: str | None = Field(None, description="this node's name in the fleet; empty = "
+                                  "the host name")
+    advertise_url: str | None = Field(
+        None, description="how other nodes reach this node's HTTP port; empty = from host and "
+        "port (refused for 0.0.0.0)"
+    )
+    cluster_key: str | None = Field(
+        None, description="shared secret every node-to-node request carries; required to join "
+        "when listening beyond loopback"
+    )
+    node_ttl: Duration = Field(
+        8.0, gt=0, description="seconds a node stays listed after its last heartbeat"
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )

@@ -30,6 +30,7 @@ from runner.service import (
     ModelFacts,
     ModelNotFoundError,
     ModelService,
+    NodeRecord,
     PullEvent,
     PullJob,
     RunnerInfo,
@@ -295,6 +296,7 @@ class FakeModelService:
     runners: list[RunnerInfo] = field(default_factory=list)
     loading: list[StartingRunner] = field(default_factory=list)
     loaded_models: set[str] = field(default_factory=set)  # what unload() finds loaded
+    fleet: list[NodeRecord] = field(default_factory=list)  # what nodes() answers
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
     in_flight: int = field(default=0, init=False)
@@ -407,6 +409,9 @@ class FakeModelService:
 
     def memory(self) -> MemorySample:
         return MemorySample(ram_total=16 << 30, ram_available=8 << 30)
+
+    def nodes(self) -> list[NodeRecord]:
+        return list(self.fleet)
 
     # -- the store ------------------------------------------------------------------------
 

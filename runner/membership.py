@@ -1,0 +1,176 @@
+"""Which nodes are in the fleet: each publishes itself in a JetStream key-value bucket.
+
+Every node puts its record (models, loaded runners with their slots, queue depth, free memory,
+version) under its name in the ``switchboard_nodes`` bucket, a few times per TTL. The bucket's
+TTL is the failure detector: JetStream drops a record its node stopped refreshing, so a dead
+node leaves every view within the TTL plus one refresh, and nothing here decides who is alive.
+The view is read back from the bucket itself (the last record of each key), never kept from
+hearsay. NATS being away stops none of this node's own serving: the view is then empty, it is
+said once in the log, and the node puts itself back when the client reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from runner.cluster_config import ClusterConfig
+from runner.service_types import NodeRecord
+
+log = logging.getLogger(__name__)
+
+BUCKET = "switchboard_nodes"
+
+
+class Membership:
+    """This node's place in the fleet: its heartbeat, and the live view of every node."""
+
+    def __init__(self, config: ClusterConfig, describe: Callable[[], NodeRecord],
+                 ttl: float, connect_timeout: float = 2.0) -> None:
+        self._config = config
+        self._describe = describe
+        self._ttl = ttl
+        self._connect_timeout = connect_timeout
+        self._nc: Client | None = None
+        self._kv: KeyValue | None = None
+        self._view: dict[str, NodeRecord] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._away = False  # NATS unreachable, said once until it is back
+
+    @property
+    def node(self) -> str:
+        return self._config.node
+
+    @property
+    def connected(self) -> bool:
+        return self._kv is not None and self._nc is not None and self._nc.is_connected
+
+    def nodes(self) -> list[NodeRecord]:
+        """The fleet as last read from the bucket, this node first; empty while NATS is away."""
+        if not self.connected:
+            return []
+        return sorted(self._view.values(), key=lambda r: (r.name != self.node, r.name))
+
+    async def start(self) -> None:
+        """Begin joining; returns at once (serving never waits on NATS)."""
+        self._task = asyncio.create_task(self._run(), name="membership")
+
+    async def close(self) -> None:
+        """Leave the fleet: the record goes now, not when the TTL runs out."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._kv is not None and self.connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._kv.delete(self.node), self._connect_timeout)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), self._connect_timeout)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _interval(self) -> float:
+        return self._ttl / 4
+
+    async def _run(self) -> None:
+        while self._kv is None:
+            try:
+                # The client itself retries an unreachable server for ever (its error_cb
+                # says so once); this loop only covers JetStream refusing the bucket.
+                await self._connect()
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
+                self._say_away(f"cannot join through NATS at {self._redacted()}: "
+                               f"{exc or type(exc).__name__}")
+                await asyncio.sleep(self._interval())
+        while True:
+            try:
+                await asyncio.wait_for(self._beat(), self._ttl)
+                self._say_back()
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                self._say_away(f"lost NATS at {self._redacted()}: {exc or type(exc).__name__}")
+            await asyncio.sleep(self._interval())
+
+    async def _connect(self) -> None:
+        if self._nc is not None:  # a client whose bucket step failed: start afresh
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        nc = await nats.connect(
+            self._config.nats_url, connect_timeout=int(max(self._connect_timeout, 1)),
+            allow_reconnect=True, max_reconnect_attempts=-1,
+            reconnect_time_wait=min(self._interval(), 2.0),
+            error_cb=self._quiet, disconnected_cb=self._disconnected, name=self.node)
+        js = nc.jetstream(timeout=self._connect_timeout)
+        config = KeyValueConfig(bucket=BUCKET, ttl=self._ttl, history=1)
+        try:
+            kv = await js.create_key_value(config)
+        except BadRequestError:
+            # Made by a node with another TTL: use it as it is, rather than fight over it.
+            kv = await js.key_value(BUCKET)
+        self._nc, self._kv = nc, kv
+        self._say_back()
+
+    async def _beat(self) -> None:
+        assert self._kv is not None
+        await self._kv.put(self.node, self._describe().encode())
+        self._view = await self._read()
+
+    async def _read(self) -> dict[str, NodeRecord]:
+        """The last record of every key still in the bucket."""
+        assert self._kv is not None
+        view: dict[str, NodeRecord] = {}
+        watcher = await self._kv.watchall(ignore_deletes=True)
+        try:
+            while True:
+                entry = await watcher.updates(  # type: ignore[no-untyped-call]
+                    timeout=self._connect_timeout)
+                if entry is None:  # the end of what is stored now
+                    break
+                if entry.value:
+                    try:
+                        record = NodeRecord.decode(entry.value)
+                    except (ValueError, TypeError) as exc:
+                        log.warning("node %s published a record we cannot read: %s",
+                                    entry.key, exc)
+                        continue
+                    view[record.name] = record
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return view
+
+    # -- saying it once -------------------------------------------------------------------------
+
+    def _say_away(self, message: str) -> None:
+        if not self._away:
+            log.warning("%s; serving this node's own models until it is back", message)
+            self._away = True
+
+    def _say_back(self) -> None:
+        if self._away:
+            log.warning("NATS at %s is back; node %s rejoined", self._redacted(), self.node)
+            self._away = False
+
+    def _redacted(self) -> str:
+        url = self._config.nats_url
+        if "@" in url:
+            scheme, _, rest = url.partition("://")
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return url
+
+    async def _quiet(self, exc: Exception) -> None:
+        # Called at every failed attempt to connect or reconnect: said once, then quiet.
+        log.debug("nats: %s", exc)
+        if self._nc is None or not self._nc.is_connected:
+            self._say_away(f"cannot reach NATS at {self._redacted()}: "
+                           f"{exc or type(exc).__name__}")
+
+    async def _disconnected(self) -> None:
+        self._say_away(f"lost NATS at {self._redacted()}")

@@ -1,0 +1,127 @@
+"""Membership through a real JetStream KV bucket: nodes see each other, a dead node leaves
+every view within its TTL, a node that leaves goes at once, and NATS being away stops nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from runner.cluster_config import ClusterConfig
+from runner.membership import Membership
+from runner.service_types import NodeRecord, NodeRunner
+from tests.cluster.conftest import NatsServer, free_port
+
+TTL = 2.0
+
+
+def _member(url: str, name: str, models: tuple[str, ...] = ("gemma3:270m",)) -> Membership:
+    config = ClusterConfig(url, name, f"http://127.0.0.1:{free_port()}", "key")
+
+    def describe() -> NodeRecord:
+        return NodeRecord(name, config.advertise_url, "0.1.0", models,
+                          (NodeRunner("gemma3:270m", "gemma3:270m", "chat", 1, 4),), 2,
+                          {"ram_available": 1 << 30})
+
+    return Membership(config, describe, TTL, connect_timeout=1.0)
+
+
+async def _until(check: Callable[[], bool], within: float) -> float:
+    """Seconds until ``check`` holds; fails the test past ``within``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            pytest.fail(f"not within {within} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _names(member: Membership) -> list[str]:
+    return [record.name for record in member.nodes()]
+
+
+async def test_two_nodes_see_each_other_and_what_each_serves(nats_server: NatsServer) -> None:
+    a, b = _member(nats_server.url, "a"), _member(nats_server.url, "b", ("tiny:latest",))
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: _names(a) == ["a", "b"] and _names(b) == ["b", "a"], 10)
+        other = a.nodes()[1]
+        assert other.models == ("tiny:latest",) and other.queue_depth == 2
+        assert other.runners == (NodeRunner("gemma3:270m", "gemma3:270m", "chat", 1, 4),)
+        assert other.memory == {"ram_available": 1 << 30}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_node_that_leaves_is_gone_at_once(nats_server: NatsServer) -> None:
+    a, b = _member(nats_server.url, "a"), _member(nats_server.url, "b")
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: _names(a) == ["a", "b"], 10)
+        await b.close()
+        # Gone at a's next refresh (TTL/4), well before the TTL could have dropped it.
+        assert await _until(lambda: _names(a) == ["a"], TTL) < TTL
+    finally:
+        await a.close()
+
+
+async def test_a_dead_node_leaves_the_view_within_its_ttl(nats_server: NatsServer) -> None:
+    a, b = _member(nats_server.url, "a"), _member(nats_server.url, "b")
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: _names(a) == ["a", "b"], 10)
+        # Dies without a word: its heartbeat stops, its record is not deleted.
+        assert b._task is not None and b._nc is not None
+        b._task.cancel()
+        await b._nc.close()
+        b._kv = None
+        waited = await _until(lambda: _names(a) == ["a"], TTL * 3)
+        assert waited <= TTL + TTL / 4 + 1.0
+    finally:
+        await a.close()
+
+
+async def test_nats_away_at_start_then_back_the_node_joins(
+        nats_server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    nats_server.stop()
+    a = _member(nats_server.url, "a")
+    started = time.monotonic()
+    await a.start()
+    assert time.monotonic() - started < 0.5  # serving never waits on NATS
+    try:
+        await asyncio.sleep(TTL)
+        assert a.nodes() == []
+        assert sum("cannot reach NATS" in r.message for r in caplog.records) == 1
+        nats_server.start()
+        await _until(lambda: _names(a) == ["a"], 10)
+        assert any("is back" in r.message for r in caplog.records)
+    finally:
+        await a.close()
+
+
+async def test_nats_lost_while_joined_then_back_the_node_rejoins(
+        nats_server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    a = _member(nats_server.url, "a")
+    await a.start()
+    try:
+        await _until(lambda: _names(a) == ["a"], 10)
+        nats_server.stop()
+        await _until(lambda: a.nodes() == [], 10)
+        nats_server.start()  # same port and store: the bucket is still there
+        await _until(lambda: _names(a) == ["a"], 15)
+        lost = [r for r in caplog.records if "lost NATS" in r.message]
+        assert len(lost) == 1, [r.message for r in lost]
+    finally:
+        await a.close()
+
+
+def test_a_record_reads_back_as_written() -> None:
+    record = NodeRecord("n", "http://10.0.0.5:8080", "0.1.0", ("m",),
+                        (NodeRunner("m", "m", "chat", 0, 2, draining=True),), 0, {"gpus": []})
+    assert NodeRecord.decode(record.encode()) == record

@@ -1,0 +1,78 @@
+"""Real `switchboard serve --cluster` processes over a real NATS: they list each other in
+/api/nodes, a killed one leaves the other's list within its TTL, and fleet settings that
+cannot work are refused in one line before anything starts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster.conftest import NatsServer
+from tests.e2e.server import Served, environment, gemma_models, start_server, wait_until
+
+TTL = "2"
+
+
+def _names(served: Served) -> list[str]:
+    answer = httpx.get(f"{served.url}/api/nodes", timeout=5)
+    assert answer.status_code == 200, answer.text
+    return [node["name"] for node in answer.json()["nodes"]]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, gemma_path: Path, nats_server: NatsServer) -> Iterator[list[Served]]:
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(start_server(tmp_path / name, gemma_models(gemma_path), {
+                "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
+                "SWITCHBOARD_NODE_TTL": TTL}))
+        yield nodes
+    finally:
+        for served in nodes:
+            served.stop()
+
+
+def test_nodes_list_each_other_and_a_killed_one_goes(fleet: list[Served]) -> None:
+    a, b = fleet
+    assert wait_until(lambda: _names(a) == ["a", "b"] and _names(b) == ["b", "a"], 15)
+    node = httpx.get(f"{a.url}/api/nodes", timeout=5).json()["nodes"][1]
+    assert node["url"] == b.url and node["state"] == "up"
+    assert node["models"] == ["gemma3:270m"] and node["memory"]["ram_total"] > 0
+    b.stop(signal.SIGKILL)
+    started = time.monotonic()
+    assert wait_until(lambda: _names(a) == ["a"], 10)
+    assert time.monotonic() - started < float(TTL) * 2 + 1  # TTL plus one refresh, or so
+
+
+def test_a_node_alone_lists_itself(tmp_path: Path, gemma_path: Path) -> None:
+    served = start_server(tmp_path, gemma_models(gemma_path))
+    try:
+        assert _names(served) == ["local"]
+    finally:
+        served.stop()
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (["--host", "0.0.0.0", "--insecure"], {"SWITCHBOARD_CLUSTER_KEY": "k"},
+     "SWITCHBOARD_ADVERTISE_URL"),
+    (["--host", "0.0.0.0", "--insecure"], {"SWITCHBOARD_ADVERTISE_URL": "http://10.1.1.1:8080"},
+     "SWITCHBOARD_CLUSTER_KEY"),
+    ([], {"SWITCHBOARD_NODE_NAME": "no spaces"}, "SWITCHBOARD_NODE_NAME"),
+])
+def test_fleet_settings_that_cannot_work_are_refused_in_one_line(
+        tmp_path: Path, args: list[str], env: dict[str, str], says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--cluster", "nats://127.0.0.1:4222",
+         "--port", "0", *args], capture_output=True, text=True, timeout=60,
+        env=environment(SWITCHBOARD_HOME=str(tmp_path), **env))
+    assert result.returncode == 2
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
