@@ -28,6 +28,7 @@ from gateway import (
     health,
     llama,
     model_list,
+    node_relay,
     nodes,
     ollama,
     openai_responses,
@@ -45,7 +46,7 @@ from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.relay_dispatch import RelayDispatch
 from gateway.upstream import UpstreamPool
-from runner.service import LocalModelService, ModelService
+from runner.service import ModelService, open_service
 from runner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
     before routing; it must leave bodies as they are (see ``_check_middleware``)."""
     _check_middleware(middleware)
     metrics = Metrics()
-    models_service: ModelService = service or LocalModelService(settings)
+    models_service: ModelService = service or open_service(settings)
     bus = models_service.events
 
     @contextlib.asynccontextmanager
@@ -141,7 +142,8 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
     app = Starlette(
         routes=[
             *relayed, *model_list.routes, *ollama.local_models.routes, *admin.routes, *pull.routes,
-            *events.routes, *nodes.routes, *health.routes, *metrics_routes, *openapi.routes,
+            *events.routes, *nodes.routes, *node_relay.routes, *health.routes, *metrics_routes,
+            *openapi.routes,
             # The console's page is open (it asks for a key); what it calls is not.
             Route("/ui", lambda request: RedirectResponse("/ui/"), methods=["GET"]),
             Mount("/ui", StaticFiles(directory=UI, html=True), name="ui"),

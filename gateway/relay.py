@@ -367,7 +367,8 @@ class Relay:
         ]
         try:
             upstream = await self._pool.request(
-                lease.host, lease.port, b"POST", self._path, headers, self._body,
+                lease.host, lease.port, b"POST", lease.path_prefix + self._path, headers,
+                self._body,
                 limit=lease.connections,
             )
         except UpstreamError as exc:

@@ -62,9 +62,9 @@ def cluster_config(settings: Settings) -> ClusterConfig | None:
         advertise = f"http://{host}:{settings.port}"
     else:
         target = urlsplit(advertise)
-        if target.scheme not in ("http", "https") or not target.hostname \
+        if target.scheme != "http" or not target.hostname \
                 or target.hostname in _WILDCARD_HOSTS:
-            raise SettingsError(f"advertise_url: {advertise!r} is not an http(s) URL other "
+            raise SettingsError(f"advertise_url: {advertise!r} is not an http:// URL other "
                                 "nodes can reach (SWITCHBOARD_ADVERTISE_URL)")
         advertise = advertise.rstrip("/")
     if not settings.cluster_key and not is_loopback(settings.host):

@@ -22,7 +22,6 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from runner.catalog import Catalog, open_store
-from runner.cluster_config import cluster_config
 from runner.download import HostNotAllowedError
 from runner.errors import (
     ConfiguredModelError,
@@ -43,7 +42,6 @@ from runner.errors import (
     StoreError,
 )
 from runner.events import Event, EventBus, Subscription
-from runner.membership import Membership
 from runner.memory import GpuMemory, gpu_library, gpus, system_memory
 from runner.model_info import ModelDescriber, ModelFacts
 from runner.model_source import is_store_source
@@ -51,6 +49,8 @@ from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract, find_system_binary
 from runner.pull import Emit, Puller, PullEvent
 from runner.service_types import (
+    HOP_PREFIX,
+    PRIMARY,
     ContextWindow,
     Lease,
     MemorySample,
@@ -66,14 +66,14 @@ from runner.units import format_bytes
 from runner.variants import explain, read_cpu_flags
 
 __all__ = [
-    "ConfiguredModelError", "ContextWindow", "Emit", "Event", "EventBus", "GpuMemory",
-    "InvalidNameError", "Lease", "LocalModelService", "MemorySample", "ModeNotServedError",
-    "ModelFacts", "ModelInUseError", "ModelNotFoundError", "ModelNotInStoreError",
-    "ModelService", "ModelSourceError", "ModelTooLargeError", "NoRunnerError", "NodeRecord",
-    "NodeRunner", "PullError",
-    "PullEvent", "PullJob", "PullRefusedError", "QueueFullError", "RunnerInfo", "RunnerMode",
-    "RunnerOptions", "RunnerStartError", "ServiceError", "ShuttingDownError", "StartingRunner",
-    "StoreError", "Subscription",
+    "HOP_PREFIX", "PRIMARY", "ConfiguredModelError", "ContextWindow", "Emit", "Event", "EventBus",
+    "GpuMemory", "InvalidNameError", "Lease", "LocalModelService", "MemorySample",
+    "ModeNotServedError", "ModelFacts", "ModelInUseError", "ModelNotFoundError",
+    "ModelNotInStoreError", "ModelService", "ModelSourceError", "ModelTooLargeError",
+    "NoRunnerError", "NodeRecord", "NodeRunner", "PullError", "PullEvent", "PullJob",
+    "PullRefusedError", "QueueFullError", "RunnerInfo", "RunnerMode", "RunnerOptions",
+    "RunnerStartError", "ServiceError", "ShuttingDownError", "StartingRunner", "StoreError",
+    "Subscription", "open_service",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,15 +182,25 @@ class ModelService(Protocol):
         ...
 
 
+def open_service(settings: Settings) -> ModelService:
+    """This machine's service, joined to the fleet when ``cluster`` is set."""
+    from runner.cluster_config import cluster_config
+
+    fleet = cluster_config(settings)
+    if fleet is None:
+        return LocalModelService(settings)
+    from runner.fleet import FleetModelService
+
+    return FleetModelService(settings, fleet)
+
+
 class LocalModelService:
     """The runner side on this machine: a supervisor of local ``llama-server`` children, the
     model store under ``SWITCHBOARD_HOME``."""
 
     def __init__(self, settings: Settings, node: str = "") -> None:
         self._settings = settings
-        self._fleet = cluster_config(settings)
-        self._node = self._fleet.node if self._fleet is not None and not node else node
-        self._membership: Membership | None = None
+        self._node = node
         self._events = EventBus()
         self._catalog = Catalog(settings, open_store(settings))
         self._describer = ModelDescriber(settings.home, self._catalog.store)
@@ -222,14 +232,9 @@ class LocalModelService:
                                     on_load=self._loaded, on_stop=self._stopped,
                                     catalog=self._catalog, events=self._events,
                                     node=self._node)
-        if self._fleet is not None:
-            self._membership = Membership(self._fleet, self._record, self._settings.node_ttl)
-            await self._membership.start()
 
     async def close(self) -> None:
         try:
-            if self._membership is not None:
-                await self._membership.close()  # out of the fleet before the runners go
             if self._supervisor is not None:
                 await self._supervisor.close()
             await self._puller.aclose()
@@ -322,22 +327,24 @@ class LocalModelService:
     # -- the fleet ----------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeRecord]:
-        if self._membership is not None:
-            return self._membership.nodes()
-        return [self._record()]
+        return [self.record()]
 
-    def _record(self) -> NodeRecord:
+    def node_runners(self) -> tuple[NodeRunner, ...]:
+        """This node's loaded runners as the fleet sees them (cheap: no memory probe)."""
+        return tuple(NodeRunner(r.runner, r.model, r.mode, r.in_flight, r.parallel, r.draining)
+                     for r in self.loaded())
+
+    def advertise_url(self) -> str:
+        return f"http://{self._settings.host}:{self._settings.port}"
+
+    def record(self) -> NodeRecord:
         """What this node says of itself in the fleet (built at each heartbeat)."""
-        settings = self._settings
-        url = self._fleet.advertise_url if self._fleet is not None else \
-            f"http://{settings.host}:{settings.port}"
-        runners = tuple(NodeRunner(r.runner, r.model, r.mode, r.in_flight, r.parallel,
-                                   r.draining) for r in self.loaded())
+        runners = self.node_runners()
         total, available = system_memory()
         memory = {"ram_total": total, "ram_available": available,
                   "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
                            for g in gpus()]}
-        return NodeRecord(self._node or "local", url, version("switchboard"),
+        return NodeRecord(self._node or "local", self.advertise_url(), version("switchboard"),
                           tuple(self.names()), runners, self.queue_depth, memory)
 
     # -- the store ----------------------------------------------------------------------------

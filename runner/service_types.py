@@ -24,6 +24,17 @@ class RunnerOptions:
     parallel: int | None = None
     gpu_layers: int | str | None = None
     args: tuple[str, ...] | None = None
+    here: bool = False  # this node's runners only: a request another node handed over
+
+
+# Node-to-node hops: POST {HOP_PREFIX}{mode or "primary"}{runner path} on the serving node.
+HOP_PREFIX = b"/_node/"
+PRIMARY = "primary"
+
+
+def hop_prefix(mode: RunnerMode | None) -> bytes:
+    """The path prefix on another node that runs a request on its runner of ``mode``."""
+    return HOP_PREFIX + (mode.value if mode is not None else PRIMARY).encode()
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class Lease:
     load_seconds: float = 0.0  # of the load this request waited for; 0 if it found one ready
     context: ContextWindow = ContextWindow()
     node: str = ""  # the node whose runner this is
+    path_prefix: bytes = b""  # before the runner's path: another node's hop (hop_prefix)
 
     @property
     def base_url(self) -> str:

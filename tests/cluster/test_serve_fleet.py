@@ -76,3 +76,54 @@ def test_fleet_settings_that_cannot_work_are_refused_in_one_line(
     assert result.returncode == 2
     assert says in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def split_fleet(tmp_path: Path, gemma_path: Path,
+                nats_server: NatsServer) -> Iterator[list[Served]]:
+    """Node a serves "only-a", node b "only-b": the same real model under two names."""
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            models = {f"only-{name}": gemma_models(gemma_path)["gemma3:270m"] | {"aliases": []}}
+            nodes.append(start_server(tmp_path / name, models, {
+                "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
+                "SWITCHBOARD_NODE_TTL": TTL, "SWITCHBOARD_CLUSTER_KEY": "fleet-key"}))
+        yield nodes
+    finally:
+        for served in nodes:
+            served.stop()
+
+
+def test_a_model_of_another_node_is_served_through_this_one_in_every_family(
+        split_fleet: list[Served]) -> None:
+    a, b = split_fleet
+    assert wait_until(lambda: _names(a) == ["a", "b"], 15)
+    models = [m["id"] for m in httpx.get(f"{a.url}/v1/models", timeout=5).json()["data"]]
+    assert models == ["only-a", "only-b"]
+    chat = httpx.post(f"{a.url}/v1/chat/completions", timeout=120, json={
+        "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": 8})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["model"] == "only-b" and chat.json()["choices"][0]["message"]["content"]
+    # Translated once, on a: b sees an OpenAI-shaped request and answers it as such.
+    ollama = httpx.post(f"{a.url}/api/chat", timeout=120, json={
+        "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
+        "stream": False, "options": {"num_predict": 8}})
+    assert ollama.status_code == 200, ollama.text
+    assert ollama.json()["done"] is True and ollama.json()["message"]["content"]
+    streamed = httpx.post(f"{a.url}/v1/chat/completions", timeout=120, json={
+        "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": 8, "stream": True})
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+    ran = [[r["name"] for r in httpx.get(f"{node.url}/api/ps", timeout=5).json()["models"]]
+           for node in (a, b)]
+    assert ran == [[], ["only-b"]]
+
+
+def test_a_forged_hop_without_the_cluster_key_is_refused(split_fleet: list[Served]) -> None:
+    _, b = split_fleet
+    forged = httpx.post(f"{b.url}/_node/chat/v1/chat/completions", timeout=10,
+                        json={"model": "only-b", "messages": [{"role": "user", "content": "x"}]})
+    assert forged.status_code == 401
+    assert httpx.get(f"{b.url}/api/ps", timeout=5).json()["models"] == []

@@ -1,0 +1,64 @@
+"""The fleet's routing choice, called synchronously on hand-made views."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from runner.fleet_routing import choose
+from runner.modes import RunnerMode
+from runner.service_types import NodeRecord, NodeRunner
+
+CHAT = RunnerMode.CHAT
+
+
+def _node(name: str, *copies: tuple[int, int], models: tuple[str, ...] = ("m",),
+          ram: int = 0, draining: bool = False) -> NodeRecord:
+    runners = tuple(NodeRunner("m", "m", "chat", busy, slots, draining) for busy, slots in copies)
+    return NodeRecord(name, f"http://{name}:8080", "v", models, runners,
+                      memory={"ram_available": ram})
+
+
+def test_a_free_copy_here_wins_over_idle_copies_elsewhere() -> None:
+    route = choose(_node("me", (1, 2)), [_node("x", (0, 4))], "m", CHAT, True, random.Random(1))
+    assert route is not None and route.node is None and route.reason == "free copy here"
+
+
+def test_a_busy_copy_here_sends_the_request_to_a_free_copy_elsewhere() -> None:
+    route = choose(_node("me", (2, 2)), [_node("x", (1, 2)), _node("y", (2, 2))], "m", CHAT,
+                   True, random.Random(1))
+    assert route is not None and route.node is not None and route.node.name == "x"
+
+
+def test_two_choices_prefer_the_less_busy_but_spread_over_every_free_copy() -> None:
+    others = [_node("idle", (0, 4)), _node("half", (2, 4)), _node("most", (3, 4))]
+    rng = random.Random(7)
+    picked: Counter[str] = Counter()
+    for _ in range(600):
+        route = choose(_node("me"), others, "m", CHAT, False, rng)
+        assert route is not None and route.node is not None
+        picked[route.node.name] += 1
+    # The idlest wins every pair it is in (2 of 3 pairs), the busiest none.
+    assert picked["most"] == 0
+    assert 350 < picked["idle"] < 450 and picked["half"] > 150
+
+
+def test_draining_copies_and_other_modes_are_not_free_copies() -> None:
+    others = [_node("x", (0, 4), draining=True)]
+    route = choose(_node("me"), others, "m", CHAT, True, random.Random(1))
+    assert route is not None and route.reason == "load here"
+    route = choose(_node("me"), [_node("y", (0, 4))], "m", RunnerMode.EMBEDDINGS, True,
+                   random.Random(1))
+    assert route is not None and route.reason == "load here"
+
+
+def test_a_model_only_elsewhere_loads_on_the_node_with_most_free_memory() -> None:
+    others = [_node("small", ram=1 << 30), _node("big", ram=8 << 30),
+              _node("other", ram=64 << 30, models=("n",))]
+    route = choose(_node("me", models=()), others, "m", CHAT, False, random.Random(1))
+    assert route is not None and route.node is not None and route.node.name == "big"
+    assert route.reason == "load there"
+
+
+def test_a_model_nobody_has_is_none() -> None:
+    assert choose(_node("me"), [_node("x")], "zzz", CHAT, False, random.Random(1)) is None
