@@ -266,6 +266,16 @@ def document() -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": PULL}}},
         "responses": _responses("NDJSON progress objects ending in success or an error"),
     }}
+    paths["/_node/{mode}/{path}"] = {"post": {
+        "description": "node-to-node: a request another node of the fleet already translated, "
+                       "run on this node's runner of that mode (chat, embeddings, reranking or "
+                       "primary); needs the cluster key",
+        "parameters": [{"name": name, "in": "path", "required": True,
+                        "schema": {"type": "string"}} for name in ("mode", "path")],
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": _responses("the runner's answer, as it sent it"),
+    }}
     for path, what in _GETS.items():
         operation: dict[str, Any] = {"responses": _responses(what)}
         if "{model}" in path:

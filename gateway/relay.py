@@ -160,6 +160,15 @@ class StreamTranslation(Translation, Protocol):
         """What to send when the stream broke after its head went out."""
 
 
+class _HopFailed(Exception):
+    """The node a lease named could not be reached: the request may be tried elsewhere."""
+
+    def __init__(self, lease: Lease, error: APIError) -> None:
+        super().__init__(error.message)
+        self.lease = lease
+        self.error = error
+
+
 class _LoadPinger:
     """While a stream waits for its model to load: after ``interval`` seconds it sends the
     response head, then an SSE comment every ``interval``, so proxies and SDKs with read
@@ -328,24 +337,18 @@ class Relay:
         pinger = _LoadPinger(send, self._load_ping) if self._load_ping else None
         try:
             with service_errors(self._model):
-                lease_cm = self._service.acquire(self._model, self._options, self._keep_alive)
-                async with lease_cm as lease:
-                    # The service measured it (on another node, in a fleet): not again here.
-                    waited = lease.queue_seconds + lease.load_seconds
-                    timing = _server_timing(waited, lease.load_seconds)
-                    if pinger is not None:
-                        await pinger.stop()
-                        self._head_sent = pinger.sent
-                    if self._head_sent:
-                        await send({"type": "http.response.body", "more_body": True,
-                                    "body": b": server-timing " + timing + b"\n\n"})
-                    else:
-                        self._timing = [(b"server-timing", timing)]
-                    if self._translation is not None:
-                        self._translation.begin(lease, waited)
-                    data, prompt_bytes = self._prompt
-                    check_fits(lease.context, data, prompt_bytes)
-                    await self._forward(lease, send)
+                for attempt in (1, 2):
+                    try:
+                        await self._lease_once(send, pinger)
+                        break
+                    except _HopFailed as failed:
+                        # Another node took the lease but never answered: nothing of the
+                        # answer left, so the request may go once more, elsewhere.
+                        self._service.hop_failed(failed.lease)
+                        if attempt == 2:
+                            raise failed.error from None
+                        log.warning("node %s did not answer for %s; trying once more",
+                                    failed.lease.node, self._model)
         except APIError as exc:
             if pinger is not None:
                 await pinger.stop()
@@ -360,6 +363,26 @@ class Relay:
             if pinger is not None:
                 await pinger.stop()
 
+    async def _lease_once(self, send: Send, pinger: _LoadPinger | None) -> None:
+        lease_cm = self._service.acquire(self._model, self._options, self._keep_alive)
+        async with lease_cm as lease:
+            # The service measured it (on another node, in a fleet): not again here.
+            waited = lease.queue_seconds + lease.load_seconds
+            timing = _server_timing(waited, lease.load_seconds)
+            if pinger is not None:
+                await pinger.stop()
+                self._head_sent = self._head_sent or pinger.sent
+            if self._head_sent:
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": b": server-timing " + timing + b"\n\n"})
+            else:
+                self._timing = [(b"server-timing", timing)]
+            if self._translation is not None:
+                self._translation.begin(lease, waited)
+            data, prompt_bytes = self._prompt
+            check_fits(lease.context, data, prompt_bytes)
+            await self._forward(lease, send)
+
     async def _forward(self, lease: Lease, send: Send) -> None:
         headers = [
             (b"Authorization", b"Bearer " + lease.api_key.encode()),
@@ -372,7 +395,10 @@ class Relay:
                 limit=lease.connections,
             )
         except UpstreamError as exc:
-            raise APIError(502, f"runner for '{lease.model}' is unavailable: {exc}") from exc
+            error = APIError(502, f"runner for '{lease.model}' is unavailable: {exc}")
+            if lease.path_prefix:  # another node's hop, and nothing of the answer has left
+                raise _HopFailed(lease, error) from exc
+            raise error from exc
         except UpstreamBusyError as exc:
             raise APIError(503, str(exc), code="queue_full",
                            headers={"Retry-After": str(exc.retry_after)}) from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
@@ -37,6 +38,8 @@ class FleetModelService(LocalModelService):
         self._fleet = fleet
         self._membership = Membership(fleet, self.record, settings.node_ttl)
         self._rng = random.Random()
+        # Nodes a hop to failed, until (monotonic): their record may outlive them by a TTL.
+        self._avoid: dict[str, float] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -57,7 +60,14 @@ class FleetModelService(LocalModelService):
         return self._membership.nodes() or [self.record()]
 
     def _others(self) -> list[NodeRecord]:
-        return [record for record in self._membership.nodes() if record.name != self.node]
+        now = time.monotonic()
+        return [record for record in self._membership.nodes()
+                if record.name != self.node and self._avoid.get(record.name, 0.0) <= now]
+
+    def hop_failed(self, lease: Lease) -> None:
+        log.warning("node %s did not answer; routing around it for %.0f s", lease.node,
+                    self._settings.node_ttl)
+        self._avoid[lease.node] = time.monotonic() + self._settings.node_ttl
 
     def names(self) -> list[str]:
         names = super().names()

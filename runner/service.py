@@ -168,6 +168,10 @@ class ModelService(Protocol):
         """The nodes serving with this one, this one first (only itself when alone)."""
         ...
 
+    def hop_failed(self, lease: Lease) -> None:
+        """The node ``lease`` named did not answer: route around it for a while."""
+        ...
+
     # -- the store ----------------------------------------------------------------------------
 
     def pull(self, model: str | None = None, url: str | None = None,
@@ -328,6 +332,9 @@ class LocalModelService:
 
     def nodes(self) -> list[NodeRecord]:
         return [self.record()]
+
+    def hop_failed(self, lease: Lease) -> None:
+        pass  # alone, every lease is on this node
 
     def node_runners(self) -> tuple[NodeRunner, ...]:
         """This node's loaded runners as the fleet sees them (cheap: no memory probe)."""

@@ -127,3 +127,35 @@ def test_a_forged_hop_without_the_cluster_key_is_refused(split_fleet: list[Serve
                         json={"model": "only-b", "messages": [{"role": "user", "content": "x"}]})
     assert forged.status_code == 401
     assert httpx.get(f"{b.url}/api/ps", timeout=5).json()["models"] == []
+
+
+def test_a_node_dead_before_it_answered_costs_the_client_nothing(
+        tmp_path: Path, gemma_path: Path, nats_server: NatsServer) -> None:
+    # Both nodes have the model; only b has it loaded, so a sends the request there.
+    model = {"shared": gemma_models(gemma_path)["gemma3:270m"] | {"aliases": []}}
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(start_server(tmp_path / name, model, {
+                "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
+                "SWITCHBOARD_NODE_TTL": "8", "SWITCHBOARD_CLUSTER_KEY": "fleet-key"}))
+        a, b = nodes
+        ask = {"model": "shared", "messages": [{"role": "user", "content": "Say hi"}],
+               "max_tokens": 4}
+        assert httpx.post(f"{b.url}/v1/chat/completions", json=ask, timeout=120).status_code \
+            == 200
+
+        def b_has_a_copy() -> bool:
+            listed = httpx.get(f"{a.url}/api/nodes", timeout=5).json()["nodes"]
+            return any(n["name"] == "b" and n["runners"] for n in listed)
+
+        assert wait_until(b_has_a_copy, 15)
+        b.stop(signal.SIGKILL)  # still in a's view for up to its TTL
+        answer = httpx.post(f"{a.url}/v1/chat/completions", json=ask, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert "node b did not answer" in a.log_text()
+        ps = httpx.get(f"{a.url}/api/ps", timeout=5).json()["models"]
+        assert [m["name"] for m in ps] == ["shared"]  # served here, the second time
+    finally:
+        for served in nodes:
+            served.stop()

@@ -135,7 +135,7 @@ def test_every_route_is_in_the_document(served: Served, client: httpx.Client) ->
     for route in create_app(Settings()).routes:
         if not isinstance(route, Route):  # the console's static files
             continue
-        path = route.path.replace("{model:path}", "{model}")
+        path = route.path.replace("{model:path}", "{model}").replace("{path:path}", "{path}")
         methods = {m.lower() for m in route.methods or ()} - {"head"}
         assert methods <= documented.get(path, set()), (path, methods)
 

@@ -297,12 +297,14 @@ class FakeModelService:
     loading: list[StartingRunner] = field(default_factory=list)
     loaded_models: set[str] = field(default_factory=set)  # what unload() finds loaded
     fleet: list[NodeRecord] = field(default_factory=list)  # what nodes() answers
+    hops: list[tuple[str, int, bytes]] = field(default_factory=list)  # leases on other nodes
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
     in_flight: int = field(default=0, init=False)
     released: int = field(default=0, init=False)
     unloaded: list[str] = field(default_factory=list, init=False)
     deleted: list[str] = field(default_factory=list, init=False)
+    failed_hops: list[Lease] = field(default_factory=list, init=False)
     pulled: list[str | None] = field(default_factory=list, init=False)
     started: bool = field(default=False, init=False)
     closed: bool = field(default=False, init=False)
@@ -380,11 +382,15 @@ class FakeModelService:
         if canonical is None:
             raise ModelNotFoundError(model)
         host, port = self.upstream
+        node, prefix = self.node_name, b""
+        if self.hops:  # the next lease is on another node, at this address and prefix
+            host, port, prefix = self.hops.pop(0)
+            node = "other-node"
         self.in_flight += 1
         try:
             yield Lease(model=canonical, requested=model, host=host, port=port,
                         api_key=self.api_key, connections=self.connections,
-                        context=self.context, node=self.node_name)
+                        context=self.context, node=node, path_prefix=prefix)
         finally:
             self.in_flight -= 1
             self.released += 1
@@ -412,6 +418,9 @@ class FakeModelService:
 
     def nodes(self) -> list[NodeRecord]:
         return list(self.fleet)
+
+    def hop_failed(self, lease: Lease) -> None:
+        self.failed_hops.append(lease)
 
     # -- the store ------------------------------------------------------------------------
 
