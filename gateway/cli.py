@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 from gateway import backends_cli
 from gateway.drain import DrainState
 from gateway.store_cli import add_commands
+from runner.cluster_config import cluster_config, is_loopback
 from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, load_settings
 
 
@@ -87,26 +87,16 @@ async def _serve(settings: Settings, listener: int) -> None:
                 shutdown_trigger=stop.wait)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     settings = load_settings(args.config, host=args.host, port=args.port,
                              cluster=args.cluster)
     _setup_logging(settings.log_level)
-    if not settings.api_keys and not _is_loopback(settings.host) and not args.insecure:
+    if not settings.api_keys and not is_loopback(settings.host) and not args.insecure:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
         return 2
-    from runner.cluster_config import cluster_config
     from runner.settings import SettingsError
 
     try:
