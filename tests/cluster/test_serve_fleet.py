@@ -159,3 +159,25 @@ def test_a_node_dead_before_it_answered_costs_the_client_nothing(
     finally:
         for served in nodes:
             served.stop()
+
+
+@pytest.mark.parametrize(("route", "body", "ends_with"), [
+    ("/v1/chat/completions", {"stream": True, "max_tokens": 2000}, '"error"'),
+    ("/api/chat", {"stream": True, "options": {"num_predict": 2000}}, '"error"'),
+])
+def test_a_node_killed_mid_stream_ends_the_stream_with_an_error_in_its_family(
+        split_fleet: list[Served], route: str, body: dict[str, object], ends_with: str) -> None:
+    a, b = split_fleet
+    assert wait_until(lambda: _names(a) == ["a", "b"], 15)
+    ask = {"model": "only-b", "messages": [{"role": "user", "content": "Count to a thousand"}],
+           **body}
+    lines: list[str] = []
+    with httpx.stream("POST", f"{a.url}{route}", json=ask, timeout=60) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line.strip():
+                lines.append(line)
+            if len(lines) == 3:
+                b.stop(signal.SIGKILL)
+    assert len(lines) > 3, lines  # it went on after the kill, to say what happened
+    assert ends_with in lines[-1] and "failed mid-stream" in lines[-1], lines[-3:]
