@@ -11,12 +11,14 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway import backends_cli
 from gateway.drain import DrainState
 from gateway.store_cli import add_commands
 from runner.cluster_config import cluster_config, is_loopback
 from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, load_settings
+from runner.units import format_bytes
 
 
 def _setup_logging(level: str) -> None:
@@ -97,8 +99,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
         return 2
-    from runner.settings import SettingsError
-
     try:
         cluster_config(settings)  # a fleet setting that cannot work: one line, before binding
     except SettingsError as exc:
@@ -167,27 +167,51 @@ def _admin_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
 
 
-def cmd_ps(args: argparse.Namespace) -> int:
+def _get_json(settings: Settings, command: str, path: str) -> Any | None:
+    """GET ``path`` from the running server; None (said on stderr) when that fails."""
     import httpx
 
-    settings = load_settings(args.config)
     try:
-        response = httpx.get(f"{_server_url(settings)}/api/ps", timeout=10,
+        response = httpx.get(f"{_server_url(settings)}{path}", timeout=10,
                              headers=_admin_headers(settings))
     except httpx.HTTPError as exc:
-        print(f"ps: cannot reach switchboard at {_server_url(settings)}: {exc}", file=sys.stderr)
-        return 1
+        print(f"{command}: cannot reach switchboard at {_server_url(settings)}: {exc}",
+              file=sys.stderr)
+        return None
     if response.status_code != 200:
-        print(f"ps: {response.json()['error']['message']}", file=sys.stderr)
+        print(f"{command}: {response.json()['error']['message']}", file=sys.stderr)
+        return None
+    return response.json()
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    answer = _get_json(load_settings(args.config), "ps", "/api/ps")
+    if answer is None:
         return 1
     print(f"{'MODEL':24} {'MODE':10} {'PID':>8} {'VARIANT':10} {'CTX':>6} {'BUSY':>4} "
           f"{'RSS':>9}  UNTIL")
-    for m in response.json()["models"]:
+    for m in answer["models"]:
         rss = m["memory"]["actual_bytes"]
         until = "busy" if m["in_flight"] else (m["expires_at"] or "forever")
         print(f"{m['model']:24} {m['mode']:10} {m['pid'] or '-':>8} {m['variant']:10} "
               f"{m['ctx_size']:>6} {m['in_flight']:>4} "
               f"{f'{rss / 2**20:.0f} MiB' if rss else '-':>9}  {until}")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    answer = _get_json(load_settings(args.config), "nodes", "/api/nodes")
+    if answer is None:
+        return 1
+    print(f"{'NODE':20} {'URL':28} {'STATE':17} {'VERSION':9} {'MODELS':>6} {'BUSY':>9} "
+          f"{'QUEUE':>5}  RAM FREE")
+    for n in answer["nodes"]:
+        busy = sum(r["busy"] for r in n["runners"])
+        slots = sum(r["slots"] for r in n["runners"])
+        free = n["memory"].get("ram_available")
+        print(f"{n['name']:20} {n['url']:28} {n['state']:17} {n['version']:9} "
+              f"{len(n['models']):>6} {f'{busy}/{slots}':>9} {n['queue_depth']:>5}  "
+              f"{format_bytes(free) if free is not None else '-'}")
     return 0
 
 
@@ -262,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("ps", help="list the models a running server has loaded",
                         parents=[common])
     ps.set_defaults(func=cmd_ps)
+    nodes = sub.add_parser("nodes", help="list the nodes of the fleet a running server is in",
+                           parents=[common])
+    nodes.set_defaults(func=cmd_nodes)
 
     stop = sub.add_parser("stop", help="unload a model from a running server", parents=[common])
     stop.add_argument("model", metavar="MODEL")

@@ -46,6 +46,12 @@ def test_nodes_list_each_other_and_a_killed_one_goes(fleet: list[Served]) -> Non
     node = httpx.get(f"{a.url}/api/nodes", timeout=5).json()["nodes"][1]
     assert node["url"] == b.url and node["state"] == "up"
     assert node["models"] == ["gemma3:270m"] and node["memory"]["ram_total"] > 0
+    listed = subprocess.run([sys.executable, "-m", "gateway.cli", "nodes"], capture_output=True,
+                            text=True, timeout=60,
+                            env=environment(SWITCHBOARD_PORT=str(a.port)))
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["NODE", "a", "b"] and rows[2][2] == "up"
     b.stop(signal.SIGKILL)
     started = time.monotonic()
     assert wait_until(lambda: _names(a) == ["a"], 10)
