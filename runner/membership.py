@@ -44,6 +44,7 @@ class Membership:
         self._view: dict[str, NodeRecord] = {}
         self._task: asyncio.Task[None] | None = None
         self._away = False  # NATS unreachable, said once until it is back
+        self._warned: set[tuple[str, str]] = set()  # (node, version) said to differ from ours
 
     @property
     def node(self) -> str:
@@ -120,8 +121,16 @@ class Membership:
 
     async def _beat(self) -> None:
         assert self._kv is not None
-        await self._kv.put(self.node, self._describe().encode())
+        ours = self._describe()
+        await self._kv.put(self.node, ours.encode())
         self._view = await self._read()
+        for record in self._view.values():
+            seen = (record.name, record.version)
+            if record.version != ours.version and seen not in self._warned:
+                self._warned.add(seen)
+                log.warning("node %s runs switchboard %s, this node %s: listed, but mixed "
+                            "versions may disagree on what they send each other",
+                            record.name, record.version, ours.version)
 
     async def _read(self) -> dict[str, NodeRecord]:
         """The last record of every key still in the bucket."""

@@ -116,3 +116,20 @@ def test_host_build_outputs_stay_out_of_the_image() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in ("runner/payloads", ".venv", "*.gguf", "dist", "build"):
         assert path in ignored
+
+
+def test_the_cluster_profile_is_nats_with_jetstream_and_two_nodes_that_join_it(
+    compose: dict[str, Any]
+) -> None:
+    services = compose["services"]
+    assert services["nats"]["profiles"] == ["cluster"] and "-js" in services["nats"]["command"]
+    nodes = [services["node-a"], services["node-b"]]
+    for name, node in zip(("node-a", "node-b"), nodes, strict=True):
+        env = node["environment"]
+        assert node["profiles"] == ["cluster"] and node["depends_on"] == ["nats"]
+        assert env["SWITCHBOARD_CLUSTER"] == "nats://nats:4222"
+        assert env["SWITCHBOARD_NODE_NAME"] == name
+        assert env["SWITCHBOARD_ADVERTISE_URL"] == f"http://{name}:8080"
+        assert env["SWITCHBOARD_CLUSTER_KEY"].startswith("${SWITCHBOARD_CLUSTER_KEY:?")
+    assert nodes[0]["volumes"][0] != nodes[1]["volumes"][0]  # a store each
+    assert nodes[0]["ports"] != nodes[1]["ports"]

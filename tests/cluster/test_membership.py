@@ -17,11 +17,12 @@ from tests.cluster.conftest import NatsServer, free_port
 TTL = 2.0
 
 
-def _member(url: str, name: str, models: tuple[str, ...] = ("gemma3:270m",)) -> Membership:
+def _member(url: str, name: str, models: tuple[str, ...] = ("gemma3:270m",),
+            version: str = "0.1.0") -> Membership:
     config = ClusterConfig(url, name, f"http://127.0.0.1:{free_port()}", "key")
 
     def describe() -> NodeRecord:
-        return NodeRecord(name, config.advertise_url, "0.1.0", models,
+        return NodeRecord(name, config.advertise_url, version, models,
                           (NodeRunner("gemma3:270m", "gemma3:270m", "chat", 1, 4),), 2,
                           {"ram_available": 1 << 30})
 
@@ -119,6 +120,25 @@ async def test_nats_lost_while_joined_then_back_the_node_rejoins(
         assert len(lost) == 1, [r.message for r in lost]
     finally:
         await a.close()
+
+
+async def test_a_node_of_another_version_is_listed_with_one_warning(
+        nats_server: NatsServer, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = _member(nats_server.url, "a"), _member(nats_server.url, "b", version="9.9.9")
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: _names(a) == ["a", "b"], 10)
+        await asyncio.sleep(TTL)  # several more refreshes: still one warning from each side
+        said = [r.message for r in caplog.records if "mixed versions" in r.message]
+        assert sorted(said) == sorted([
+            "node b runs switchboard 9.9.9, this node 0.1.0: listed, but mixed versions may "
+            "disagree on what they send each other",
+            "node a runs switchboard 0.1.0, this node 9.9.9: listed, but mixed versions may "
+            "disagree on what they send each other"])
+    finally:
+        await a.close()
+        await b.close()
 
 
 def test_a_record_reads_back_as_written() -> None:
