@@ -23,6 +23,7 @@ class ClusterConfig:
     node: str
     advertise_url: str
     key: str | None
+    replicas: int = 1  # of the fleet's JetStream buckets
 
 
 def is_loopback(host: str) -> bool:
@@ -72,4 +73,5 @@ def cluster_config(settings: Settings) -> ClusterConfig | None:
             f"cluster_key: a node listening on {settings.host} joins a fleet only with a "
             "shared key, or anyone who reaches its port could pose as a node: set "
             "SWITCHBOARD_CLUSTER_KEY on every node")
-    return ClusterConfig(settings.cluster, node, advertise, settings.cluster_key or None)
+    return ClusterConfig(settings.cluster, node, advertise, settings.cluster_key or None,
+                         settings.cluster_replicas)

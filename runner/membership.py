@@ -110,7 +110,8 @@ class Membership:
             reconnect_time_wait=min(self._interval(), 2.0),
             error_cb=self._quiet, disconnected_cb=self._disconnected, name=self.node)
         js = nc.jetstream(timeout=self._connect_timeout)
-        config = KeyValueConfig(bucket=BUCKET, ttl=self._ttl, history=1)
+        config = KeyValueConfig(bucket=BUCKET, ttl=self._ttl, history=1,
+                                replicas=self._config.replicas)
         try:
             kv = await js.create_key_value(config)
         except BadRequestError:

@@ -335,6 +335,10 @@ class Settings(BaseModel):
     node_ttl: Duration = Field(
         8.0, gt=0, description="seconds a node stays listed after its last heartbeat"
     )
+    cluster_replicas: int = Field(
+        1, ge=1, le=5, description="JetStream copies of the fleet's buckets: 3 with three NATS "
+        "servers, so the fleet outlives one"
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )

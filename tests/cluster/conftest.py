@@ -21,6 +21,7 @@ class NatsServer:
     port: int
     store: Path
     process: subprocess.Popen[bytes] | None = None
+    cluster: list[str] | None = None  # extra arguments that join a NATS cluster
 
     @property
     def url(self) -> str:
@@ -32,7 +33,8 @@ class NatsServer:
             pytest.fail("nats-server is not installed: `make test` installs it "
                         "(apt-get install nats-server)")
         self.process = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
+            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store),
+             *(self.cluster or [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -69,3 +71,22 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    """Three NATS servers routed into one cluster, JetStream replicated across them."""
+    routes = [free_port() for _ in range(3)]
+    servers = []
+    for i, route in enumerate(routes):
+        others = ",".join(f"nats://127.0.0.1:{r}" for r in routes if r != route)
+        servers.append(NatsServer(free_port(), tmp_path / f"js{i}", cluster=[
+            "-n", f"n{i}", "--cluster_name", "sb", "--cluster", f"nats://127.0.0.1:{route}",
+            "--routes", others]))
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

@@ -4,6 +4,8 @@ every view within its TTL, a node that leaves goes at once, and NATS being away 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -18,8 +20,8 @@ TTL = 2.0
 
 
 def _member(url: str, name: str, models: tuple[str, ...] = ("gemma3:270m",),
-            version: str = "0.1.0") -> Membership:
-    config = ClusterConfig(url, name, f"http://127.0.0.1:{free_port()}", "key")
+            version: str = "0.1.0", replicas: int = 1) -> Membership:
+    config = ClusterConfig(url, name, f"http://127.0.0.1:{free_port()}", "key", replicas)
 
     def describe() -> NodeRecord:
         return NodeRecord(name, config.advertise_url, version, models,
@@ -139,6 +141,24 @@ async def test_a_node_of_another_version_is_listed_with_one_warning(
     finally:
         await a.close()
         await b.close()
+
+
+def _probe(*urls: str) -> list[str]:
+    """Two members joined through ``urls`` (in a child process: nats-py leaves sockets to
+    cluster peers unclosed at exit, which this suite's warnings-as-errors would blame on the
+    test), each printing the names it sees and the bucket's replicas."""
+    result = subprocess.run([sys.executable, "-m", "tests.cluster.ha_probe", *urls],
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split()
+
+
+def test_with_three_nats_servers_the_fleet_outlives_one(
+        nats_cluster: list[NatsServer]) -> None:
+    first, second, third = nats_cluster
+    assert _probe(first.url, second.url) == ["replicas=3", "a,b", "b,a"]
+    first.stop()
+    assert _probe(second.url, third.url) == ["replicas=3", "a,b", "b,a"]
 
 
 def test_a_record_reads_back_as_written() -> None:
