@@ -1,6 +1,6 @@
 """This node in a fleet: the local service, plus membership and routing to the other nodes.
 
-A :class:`FleetModelService` is a :class:`~runner.service.LocalModelService` whose
+A :class:`FleetModelService` is a :class:`~runner.local_service.LocalModelService` whose
 ``acquire`` may hand back a lease on another node: the relay then posts the request, already
 translated, to that node's ``/_node/`` hop with the cluster key, and streams the answer back
 as it would a local runner's. The choice is :func:`runner.fleet_routing.choose`, on the
@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from runner.cluster_config import ClusterConfig
 from runner.errors import ModelNotFoundError
 from runner.fleet_routing import choose
+from runner.local_service import LocalModelService
 from runner.membership import Membership
-from runner.service import LocalModelService
 from runner.service_types import Lease, NodeRecord, RunnerOptions, hop_prefix
 from runner.settings import Settings
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -65,17 +66,16 @@ class Membership:
         self._task = asyncio.create_task(self._run(), name="membership")
 
     async def close(self) -> None:
-        """Leave the fleet: the record goes now, not when the TTL runs out."""
+        """Leave the fleet: the record goes now, not when the TTL runs out. Bounded: the
+        client may be mid-reconnect, and a shutdown never waits on NATS."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _bounded(self._task, self._connect_timeout * 2)
         if self._kv is not None and self.connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._kv.delete(self.node), self._connect_timeout)
+            await _bounded(asyncio.ensure_future(self._kv.delete(self.node)),
+                           self._connect_timeout)
         if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), self._connect_timeout)
+            await _bounded(asyncio.ensure_future(self._nc.close()), self._connect_timeout * 2)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -184,3 +184,14 @@ class Membership:
 
     async def _disconnected(self) -> None:
         self._say_away(f"lost NATS at {self._redacted()}")
+
+
+async def _bounded(task: asyncio.Future[Any], seconds: float) -> None:
+    """Wait for ``task`` at most ``seconds``; past that it is cancelled and left, since
+    awaiting a cancellation the client does not honour would wait for ever."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("NATS did not let go within %.0f s; leaving it", seconds)
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug("nats: while leaving: %s", task.exception())

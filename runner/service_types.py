@@ -6,6 +6,7 @@ machinery behind them (processes, the scheduler, the store).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ import orjson
 
 from runner.memory import GpuMemory
 from runner.modes import RunnerMode
+from runner.pull import Emit
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,8 @@ class NodeRecord:
         data = orjson.loads(raw)
         runners = tuple(NodeRunner(**r) for r in data.pop("runners", ()))
         return cls(runners=runners, models=tuple(data.pop("models", ())), **data)
+
+
+PullJob = Callable[[Emit], Awaitable[object]]  # runs a pull, reporting progress to ``Emit``
+LoadObserver = Callable[[str, float], None]  # (runner key, seconds its load took)
+StopObserver = Callable[[str, int], None]  # (host, port) of a runner that is gone
