@@ -1,8 +1,9 @@
 """Operator endpoints: GET /api/ps (loaded runners), POST /api/unload {"model": ...}.
 
 ``/api/ps`` answers in Ollama's shape (name, size, size_vram, details, expires_at,
-context_length) plus what switchboard adds: mode, pid, variant, slots, in-flight requests, and
-memory estimated against measured.
+context_length) plus what switchboard adds: the node it runs on (every node of the fleet is
+listed), mode, pid, variant, slots, in-flight requests, and memory estimated against
+measured.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _describe(info: RunnerInfo, facts: ModelFacts | None) -> dict[str, object]:
     return {
         "name": info.model,
         "model": info.model,
+        "node": info.node,
         "size": info.actual_bytes or info.estimated_bytes,
         "size_vram": info.vram_bytes,
         "digest": facts.digest if facts else "",
@@ -58,7 +60,7 @@ async def _facts(service: ModelService, model: str) -> ModelFacts | None:
 
 async def ps(request: Request) -> Response:
     service: ModelService = request.app.state.service
-    runners = service.loaded()
+    runners = service.fleet_runners()
     facts = {info.model: await _facts(service, info.model) for info in runners}
     return JSONBytes({"models": [_describe(info, facts[info.model]) for info in runners]})
 

@@ -188,12 +188,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
     answer = _get_json(load_settings(args.config), "ps", "/api/ps")
     if answer is None:
         return 1
-    print(f"{'MODEL':24} {'MODE':10} {'PID':>8} {'VARIANT':10} {'CTX':>6} {'BUSY':>4} "
-          f"{'RSS':>9}  UNTIL")
+    fleet = any(m.get("node") for m in answer["models"])  # a NODE column in a fleet only
+    node_column = f"{'NODE':12} " if fleet else ""
+    print(f"{'MODEL':24} {node_column}{'MODE':10} {'PID':>8} {'VARIANT':10} "
+          f"{'CTX':>6} {'BUSY':>4} {'RSS':>9}  UNTIL")
     for m in answer["models"]:
         rss = m["memory"]["actual_bytes"]
         until = "busy" if m["in_flight"] else (m["expires_at"] or "forever")
-        print(f"{m['model']:24} {m['mode']:10} {m['pid'] or '-':>8} {m['variant']:10} "
+        node = f"{m.get('node') or '-':12} " if fleet else ""
+        print(f"{m['model']:24} {node}{m['mode']:10} {m['pid'] or '-':>8} {m['variant']:10} "
               f"{m['ctx_size']:>6} {m['in_flight']:>4} "
               f"{f'{rss / 2**20:.0f} MiB' if rss else '-':>9}  {until}")
     return 0

@@ -20,10 +20,11 @@ from urllib.parse import urlsplit
 
 from runner.cluster_config import ClusterConfig
 from runner.errors import ModelNotFoundError
-from runner.fleet_routing import choose
+from runner.fleet_routing import Route, choose
+from runner.load_claims import LoadClaims, claim_key
 from runner.local_service import LocalModelService
 from runner.membership import Membership
-from runner.service_types import Lease, NodeRecord, RunnerOptions, hop_prefix
+from runner.service_types import PRIMARY, Lease, NodeRecord, RunnerInfo, RunnerOptions, hop_prefix
 from runner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class FleetModelService(LocalModelService):
         super().__init__(settings, node=fleet.node)
         self._fleet = fleet
         self._membership = Membership(fleet, self.record, settings.node_ttl)
+        self._claims = LoadClaims(self._membership, settings.node_ttl, fleet.replicas)
         self._rng = random.Random()
         # Nodes a hop to failed, until (monotonic): their record may outlive them by a TTL.
         self._avoid: dict[str, float] = {}
@@ -47,6 +49,7 @@ class FleetModelService(LocalModelService):
 
     async def close(self) -> None:
         try:
+            await self._claims.close()
             await self._membership.close()  # out of the fleet before the runners go
         finally:
             await super().close()
@@ -63,6 +66,9 @@ class FleetModelService(LocalModelService):
         now = time.monotonic()
         return [record for record in self._membership.nodes()
                 if record.name != self.node and self._avoid.get(record.name, 0.0) <= now]
+
+    def fleet_runners(self) -> list[RunnerInfo]:
+        return self.loaded() + [runner for record in self._others() for runner in record.runners]
 
     def hop_failed(self, lease: Lease) -> None:
         log.warning("node %s did not answer; routing around it for %.0f s", lease.node,
@@ -87,21 +93,73 @@ class FleetModelService(LocalModelService):
 
     # -- routing ------------------------------------------------------------------------------
 
+    def _replicas(self, model: str, others: list[NodeRecord]) -> int:
+        """Copies the fleet may run of ``model``: its config here, else what its nodes say."""
+        configured = self._catalog.configured(model)
+        if configured is not None:
+            return configured[1].replicas
+        return max((record.replicas.get(model, 1) for record in others), default=1)
+
     def acquire(self, model: str, options: RunnerOptions | None = None,
                 keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
         options = options or RunnerOptions()
         if options.here:
             return super().acquire(model, options, keep_alive)
         canonical = super().canonical(model)
-        me = NodeRecord(self.node, self.advertise_url(), "", runners=self.node_runners())
-        route = choose(me, self._others(), canonical or model, options.mode,
-                       canonical is not None, self._rng)
+        name = canonical or model
+        me = self._me()
+        others = self._others()
+        replicas = self._replicas(name, others)
+        route = choose(me, others, name, options.mode, canonical is not None, self._rng,
+                       replicas)
         if route is None:
             return _refused(model)
+        if route.load:
+            return self._claimed(route, me, others, name, model, options, keep_alive, replicas)
+        return self._routed(route, name, model, options, keep_alive)
+
+    def _me(self) -> NodeRecord:
+        return NodeRecord(self.node, self.advertise_url(), "", runners=self.runners_now(),
+                          queue_depth=self.queue_depth)
+
+    def _routed(self, route: Route, name: str, model: str, options: RunnerOptions,
+                keep_alive: float | None) -> AbstractAsyncContextManager[Lease]:
         if route.node is None:
             return super().acquire(model, options, keep_alive)
         log.debug("%s goes to node %s (%s)", model, route.node.name, route.reason)
-        return self._remote(route.node, canonical or model, model, options)
+        return self._remote(route.node, name, model, options)
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self, route: Route, me: NodeRecord, others: list[NodeRecord], name: str,
+                       model: str, options: RunnerOptions, keep_alive: float | None,
+                       replicas: int) -> AsyncIterator[Lease]:
+        """A request that starts a copy: the load is claimed fleet-wide first. Lost to a
+        claim for another node, the request goes where that load (or a copy) will serve it."""
+        key = claim_key(name, str(options.mode or PRIMARY))
+        target = route.node.name if route.node is not None else self.node
+        holder = await self._claims.take(key, target)
+        if holder is not None and holder != target:
+            log.debug("a load of %s is claimed for %s; not starting another", name, holder)
+            again = choose(me, others, name, options.mode, route.node is None, self._rng,
+                           replicas, loading_at=holder)
+            route = again if again is not None else route
+            key = ""  # not ours to release
+        elif holder is not None:
+            key = ""  # claimed for the same node by another: it loads once there
+        try:
+            if route.node is None:
+                async with super().acquire(model, options, keep_alive) as lease:
+                    if key:  # the copy is up: the next load of this model may start
+                        await self._claims.release(key)
+                        key = ""
+                    yield lease
+            else:
+                log.info("%s: %s on node %s", name, route.reason, route.node.name)
+                async with self._remote(route.node, name, model, options) as lease:
+                    yield lease
+        finally:
+            if key:
+                await self._claims.release(key)
 
     @contextlib.asynccontextmanager
     async def _remote(self, node: NodeRecord, canonical: str, requested: str,

@@ -30,7 +30,6 @@ from runner.service_types import (
     LoadObserver,
     MemorySample,
     NodeRecord,
-    NodeRunner,
     PullJob,
     RunnerInfo,
     RunnerOptions,
@@ -183,23 +182,30 @@ class LocalModelService:
     def hop_failed(self, lease: Lease) -> None:
         pass  # alone, every lease is on this node
 
-    def node_runners(self) -> tuple[NodeRunner, ...]:
-        """This node's loaded runners as the fleet sees them (cheap: no memory probe)."""
-        return tuple(NodeRunner(r.runner, r.model, r.mode, r.in_flight, r.parallel, r.draining)
-                     for r in self.loaded())
+    def fleet_runners(self) -> list[RunnerInfo]:
+        return self.loaded()
+
+    def runners_now(self) -> tuple[RunnerInfo, ...]:
+        """The loaded runners as routing needs them, per request: memory as last sampled,
+        not read again."""
+        if self._supervisor is None:
+            return ()
+        return tuple(self._supervisor.loaded(sample=False))
 
     def advertise_url(self) -> str:
         return f"http://{self._settings.host}:{self._settings.port}"
 
     def record(self) -> NodeRecord:
         """What this node says of itself in the fleet (built at each heartbeat)."""
-        runners = self.node_runners()
+        runners = tuple(self.loaded())
         total, available = system_memory()
         memory = {"ram_total": total, "ram_available": available,
                   "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
                            for g in gpus()]}
+        replicas = {name: config.replicas for name, config in self._settings.models.items()
+                    if config.replicas > 1}
         return NodeRecord(self._node or "local", self.advertise_url(), version("switchboard"),
-                          tuple(self.names()), runners, self.queue_depth, memory)
+                          tuple(self.names()), runners, self.queue_depth, memory, replicas)
 
     # -- the store ----------------------------------------------------------------------------
 

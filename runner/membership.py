@@ -19,6 +19,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
@@ -54,6 +55,13 @@ class Membership:
     @property
     def connected(self) -> bool:
         return self._kv is not None and self._nc is not None and self._nc.is_connected
+
+    def jetstream(self) -> JetStreamContext | None:
+        """This node's JetStream over its connection, for the fleet's other buckets; None
+        while NATS is away."""
+        if not self.connected or self._nc is None:
+            return None
+        return self._nc.jetstream(timeout=self._connect_timeout)
 
     def nodes(self) -> list[NodeRecord]:
         """The fleet as last read from the bucket, this node first; empty while NATS is away."""

@@ -8,12 +8,10 @@ is served in batches instead of one swap per request.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 FOREVER = float("inf")
-K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -61,9 +59,10 @@ def has_room(loaded: int, max_loaded: int) -> bool:
     return max_loaded <= 0 or loaded < max_loaded
 
 
-def next_to_load(pending: Sequence[K], servable: frozenset[K]) -> K | None:
-    """What the oldest waiting request needs loaded, or None if every one can be served."""
-    for want in pending:
-        if want not in servable:
-            return want
-    return None
+def pick_device(free: dict[int, int], taken: Iterable[int]) -> int | None:
+    """The GPU for another copy of a model: of those holding no copy of it yet, the one with
+    the most free memory (the lower index on a tie); None when every GPU holds one."""
+    held = set(taken)
+    open_devices = [(-bytes_free, index) for index, bytes_free in free.items()
+                    if index not in held]
+    return min(open_devices)[1] if open_devices else None

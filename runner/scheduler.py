@@ -30,8 +30,11 @@ synchronously, with no sleeps and no tasks. Semantics of Ollama's ``server/sched
   ``health_strikes`` checks in a row is stopped with force (a hung process ignores SIGTERM).
 - Runners are keyed by model and mode; a request whose shape (context, slots, GPU layers,
   arguments) differs drains the loaded one and reloads. The state holds several runners per
-  key (replicas); :attr:`SchedulerConfig.replicas` of them may be loaded (1 until the fleet
-  uses more), and a request goes to the least busy usable one.
+  key (copies): a request may ask for up to ``copies`` of its key (a model's ``replicas``,
+  here one per GPU). It goes to the least busy usable one with a free slot; when every copy
+  is full and fewer than ``copies`` run, it waits and another copy loads, unless that copy
+  would have to evict another runner (then the full copies take it, as llama-server's own
+  queue would). With ``copies`` reached, requests queue in the runners as before.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 
 from runner.errors import ModelInUseError, ModelTooLargeError, QueueFullError, ShuttingDownError
 from runner.modes import RunnerMode
-from runner.policy import RunnerView, expires_at, has_room, next_to_load, pick_victim
+from runner.policy import RunnerView, expires_at, has_room, pick_victim
 from runner.units import GiB, format_bytes
 
 GPU_MARGIN = 1 * GiB  # per device, as llama-server's --fit keeps free
@@ -71,7 +74,6 @@ class SchedulerConfig:
     max_queue: int = 512  # requests waiting at once
     memory_budget: int | None = None  # bytes runners may use in all; None: the machine's
     health_strikes: int = 2  # failed /health checks in a row before a runner is killed
-    replicas: int = 1  # runners of one key and shape loaded at once
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Requested:
     shape: Shape
     keep_alive: float | None  # the request's own; None: ``default_keep_alive``
     default_keep_alive: float  # the model's
+    copies: int = 1  # runners of this key and shape that may run at once
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,7 @@ class Waiting:
     keep_alive: float | None
     default_keep_alive: float
     queued_at: float
+    copies: int = 1
 
     @property
     def wants(self) -> tuple[str, Shape]:
@@ -355,6 +359,9 @@ class Scheduler:
         self.learned: dict[tuple[str, Shape], int] = {}
         # keys kept unloaded while their model is removed, by removals under way
         self.held: Counter[str] = Counter()
+        # (key, shape) whose next copy found no room without evicting: its full copies take
+        # its requests until a runner stops and frees memory.
+        self.no_room: set[tuple[str, Shape]] = set()
         self.closed = False
         self.loads = 0
         self._next_runner = 0
@@ -448,19 +455,32 @@ class Scheduler:
                 best = runner
         return best
 
+    def _takes(self, runner: Runner | None, key: str, shape: Shape, copies: int) -> bool:
+        """Whether ``runner`` (the least busy usable copy) takes a request now: it has a free
+        slot, or no other copy may start (``copies`` run, or none fits beside the rest)."""
+        if runner is None:
+            return False
+        if runner.refs < shape.parallel or copies <= 1 or (key, shape) in self.no_room:
+            return True
+        # A copy still loading is waited for: it is coming, and the full ones stay full.
+        ready = sum(1 for r in self.runners.values()
+                    if r.key == key and r.shape == shape and r.usable)
+        return ready >= copies
+
     def _requested(self, event: Requested, now: float, emit: _Effects) -> None:
         if self.closed:
             emit(Fail(event.request, ShuttingDownError("switchboard is shutting down")))
             return
         runner = self._usable(event.key, event.shape)
-        if runner is not None:
+        if runner is not None and self._takes(runner, event.key, event.shape, event.copies):
             self._attach(runner, event.request, event.keep_alive, False, emit)
             return
         if len(self.queue) >= self.config.max_queue:
             emit(Fail(event.request, QueueFullError(self.config.max_queue)))
             return
         self.queue.append(Waiting(event.request, event.key, event.model, event.shape,
-                                  event.keep_alive, event.default_keep_alive, now))
+                                  event.keep_alive, event.default_keep_alive, now,
+                                  event.copies))
 
     def _attach(self, runner: Runner, request: int, keep_alive: float | None,
                 waited_for_load: bool, emit: _Effects) -> None:
@@ -496,7 +516,8 @@ class Scheduler:
         waiting = []
         for pending in self.queue:
             runner = self._usable(pending.key, pending.shape)
-            if runner is not None:
+            if self._takes(runner, pending.key, pending.shape, pending.copies):
+                assert runner is not None
                 self._attach(runner, pending.request, pending.keep_alive,
                              runner.spawned_at >= pending.queued_at, emit)
             else:
@@ -504,9 +525,9 @@ class Scheduler:
         self.queue = waiting
         if self.loading or self.stopping:
             return  # one load at a time; memory still being returned
-        servable = frozenset((r.key, r.shape) for r in self.runners.values() if r.usable)
-        # A model being removed from the store stays unloaded until that ends.
-        wanted = next_to_load([w.wants for w in waiting if w.key not in self.held], servable)
+        # What still waits needs a load: no runner of its shape, or every copy full with
+        # another allowed. The oldest first; a model being removed stays unloaded until then.
+        wanted = next((w.wants for w in waiting if w.key not in self.held), None)
         if wanted is None:
             return
         key, shape = wanted
@@ -516,12 +537,11 @@ class Scheduler:
                 if runner.shape != shape and not runner.draining:
                     self._drain(runner, "its requests need other options", emit)  # a reload
             return
-        if sum(1 for r in present if r.shape == shape and not r.draining) >= \
-                self.config.replicas:
+        first = next(w for w in waiting if w.wants == wanted)
+        if sum(1 for r in present if r.shape == shape and not r.draining) >= first.copies:
             return  # as many as allowed, all busy loading or draining: wait for them
         if any(r.draining for r in self.runners.values()):
             return  # a swap is under way; its stop wakes us
-        first = next(w for w in waiting if w.wants == wanted)
         self.preparing = wanted
         emit(Prepare(key, shape, first.request))
 
@@ -534,6 +554,14 @@ class Scheduler:
         learned = self.learned.get(wanted)
         need = learned if learned is not None else event.estimate
         budget, free = self.fits(event.memory)
+        if self._usable(*wanted) is not None and (
+                need > free or not has_room(len(self.runners), self.config.max_loaded)):
+            # Another copy is worth a load, never an eviction: the copies running take it.
+            self.no_room.add(wanted)
+            emit(Log(logging.INFO, f"{event.key}: no room for another copy beside the "
+                     f"loaded runners ({format_bytes(max(free, 0))} free); its copies "
+                     "running take its requests"))
+            return  # handle()'s dispatch now grants its waiters to them
         if learned is not None and (need > budget or (need > free and not self.runners)):
             # A remembered figure can be wrong (another build, a runner that held more than
             # usual): refuse only on the header's estimate; this load is measured anew.
@@ -581,8 +609,15 @@ class Scheduler:
 
     def _start_failed(self, event: StartFailed, emit: _Effects) -> None:
         runner = self.runners.pop(event.runner, None)
-        if runner is not None:
-            self._fail_wanting((runner.key, runner.shape), event.error, emit)
+        if runner is None:
+            return
+        if self._usable(runner.key, runner.shape) is not None:
+            # Another copy failed; the running ones take its requests, as with no room.
+            self.no_room.add((runner.key, runner.shape))
+            emit(Log(logging.WARNING, f"{runner.key}: another copy failed to start "
+                     f"({event.error}); its running copies take its requests"))
+            return
+        self._fail_wanting((runner.key, runner.shape), event.error, emit)
 
     def _fail_wanting(self, wanted: tuple[str, Shape], error: Exception,
                       emit: _Effects) -> None:
@@ -603,6 +638,7 @@ class Scheduler:
 
     def _stop(self, runner: Runner, reason: str, emit: _Effects, force: bool = False) -> None:
         del self.runners[runner.id]
+        self.no_room.clear()  # memory comes back: another copy may fit now
         self.stopping.add(runner.id)
         if runner.expires_at is not None:
             runner.expires_at = None
@@ -614,6 +650,7 @@ class Scheduler:
         if runner is None or not runner.ready:
             return  # being stopped, or still starting (its start fails instead)
         del self.runners[runner_id]
+        self.no_room.clear()
         if runner.expires_at is not None:
             emit(Timer(runner_id, None))
         emit(Lost(runner_id))

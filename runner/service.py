@@ -51,7 +51,6 @@ from runner.service_types import (
     LoadObserver,
     MemorySample,
     NodeRecord,
-    NodeRunner,
     PullJob,
     RunnerInfo,
     RunnerOptions,
@@ -65,7 +64,7 @@ __all__ = [
     "GpuMemory", "InvalidNameError", "Lease", "LocalModelService", "MemorySample",
     "ModeNotServedError", "ModelFacts", "ModelInUseError", "ModelNotFoundError",
     "ModelNotInStoreError", "ModelService", "ModelSourceError", "ModelTooLargeError",
-    "NoRunnerError", "NodeRecord", "NodeRunner", "PullError", "PullEvent", "PullJob",
+    "NoRunnerError", "NodeRecord", "PullError", "PullEvent", "PullJob",
     "PullRefusedError", "QueueFullError", "RunnerInfo", "RunnerMode", "RunnerOptions",
     "RunnerStartError", "ServiceError", "ShuttingDownError", "StartingRunner", "StoreError",
     "Subscription", "open_service",
@@ -160,6 +159,11 @@ class ModelService(Protocol):
 
     def hop_failed(self, lease: Lease) -> None:
         """The node ``lease`` named did not answer: route around it for a while."""
+        ...
+
+    def fleet_runners(self) -> list[RunnerInfo]:
+        """Runners loaded across the fleet, each with its ``node``: this node's (sampled
+        now) first, then the others' as their last records say."""
         ...
 
     # -- the store ----------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class RunnerInfo:
     actual_bytes: int | None
     vram_bytes: int = 0
     node: str = ""
+    gpu: int | None = None  # the one GPU it is pinned to (a copy of a replicated model)
 
 
 @dataclass(frozen=True)
@@ -116,28 +117,19 @@ class MemorySample:
 
 
 @dataclass(frozen=True)
-class NodeRunner:
-    """One loaded runner as the fleet sees it: enough to route by load."""
-
-    runner: str
-    model: str
-    mode: str
-    busy: int
-    slots: int
-    draining: bool = False
-
-
-@dataclass(frozen=True)
 class NodeRecord:
-    """What a node says of itself in the bucket."""
+    """What a node says of itself in the bucket: its runners whole (``/api/ps`` lists them
+    fleet-wide; routing reads their slots), and the ``replicas`` of its models that allow
+    more than one copy, so a node without the model's config still knows."""
 
     name: str
     url: str
     version: str
     models: tuple[str, ...] = ()
-    runners: tuple[NodeRunner, ...] = ()
+    runners: tuple[RunnerInfo, ...] = ()
     queue_depth: int = 0
     memory: dict[str, Any] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -145,7 +137,7 @@ class NodeRecord:
     @classmethod
     def decode(cls, raw: bytes) -> NodeRecord:
         data = orjson.loads(raw)
-        runners = tuple(NodeRunner(**r) for r in data.pop("runners", ()))
+        runners = tuple(RunnerInfo(**r) for r in data.pop("runners", ()))
         return cls(runners=runners, models=tuple(data.pop("models", ())), **data)
 
 

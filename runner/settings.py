@@ -123,6 +123,10 @@ class ModelConfig(BaseModel):
         None, description="bundled template (e.g. gemma) or a .jinja path; empty = the GGUF's"
     )
     aliases: tuple[str, ...] = Field((), description="other names clients may send")
+    replicas: int = Field(
+        1, ge=1, le=64, description="copies run at once when all are busy: one per node of "
+        "the fleet, one per GPU on a machine"
+    )
     keep_alive: Duration | None = Field(
         None, description="idle time before unload; empty = SWITCHBOARD_KEEP_ALIVE"
     )

@@ -36,6 +36,7 @@ from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memor
 from runner.model_source import resolve_template
 from runner.modes import RunnerMode
 from runner.payloads import Payloads
+from runner.policy import pick_device
 from runner.process import LaunchSpec, RunnerProcess, RunnerState, relay_connections
 from runner.scheduler import (
     Drain,
@@ -132,6 +133,7 @@ class _Child:
     process: RunnerProcess
     context: ContextWindow = field(default_factory=ContextWindow)
     timer: asyncio.TimerHandle | None = None
+    gpu: int | None = None  # CUDA_VISIBLE_DEVICES: the one GPU a copy is pinned to
 
 
 class Supervisor:
@@ -187,6 +189,7 @@ class Supervisor:
         self._monitor: asyncio.Task[None] | None = None
         self._published_depth = 0
         self._closed = False
+        self._device_count: int | None = None  # GPUs this machine's runners use, probed once
 
     @property
     def loads(self) -> int:
@@ -214,6 +217,29 @@ class Supervisor:
     def _uses_gpu(self) -> bool:
         variants = self.variants()
         return bool(self._gpu and variants and variants[0].startswith(self._gpu.library))
+
+    def _copies(self, config: ModelConfig) -> int:
+        """Runners of one model this machine may run at once: one per GPU, up to the model's
+        ``replicas``. Without two GPUs, one: copies on shared CPU cores only split them."""
+        if config.replicas <= 1:
+            return 1
+        if self._device_count is None:
+            self._device_count = len(self._gpu_probe()) if self._uses_gpu() else 0
+        return min(config.replicas, self._device_count) if self._device_count > 1 else 1
+
+    def _pin(self, key: str, config: ModelConfig, environment: dict[str, str]) -> int | None:
+        """Pin a copy of a replicated model to one GPU (the roomiest holding no copy of it),
+        so N GPUs hold N copies rather than N copies each split across every GPU."""
+        if self._copies(config) <= 1:
+            return None
+        device = pick_device({g.index: g.free for g in self._gpu_probe()},
+                             (c.gpu for c in self._children.values()
+                              if c.key == key and c.gpu is not None))
+        if device is not None:
+            # NVML counts GPUs in PCI bus order, CUDA fastest first unless told otherwise.
+            environment["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            environment["CUDA_VISIBLE_DEVICES"] = str(device)
+        return device
 
     # -- the one way into the scheduler -------------------------------------------------------
 
@@ -307,7 +333,7 @@ class Supervisor:
         default_keep_alive = (config.keep_alive if config.keep_alive is not None
                               else self._settings.keep_alive)
         self._feed(Requested(request, runner_key(canonical, shape.mode), model, shape,
-                             keep_alive, default_keep_alive))
+                             keep_alive, default_keep_alive, self._copies(config)))
         outcome = pending.outcome
         if outcome is None:  # queued: wait for the scheduler's grant
             pending.future = asyncio.get_running_loop().create_future()
@@ -445,18 +471,20 @@ class Supervisor:
     async def _launch(self, runner_id: int, key: str, spec: LaunchSpec, config: ModelConfig,
                       need: int) -> RunnerProcess:
         errors: list[str] = []
+        environment = child_environment()
+        device = self._pin(key, config, environment)
         for variant, binary in self._launchers(config.backend):
             process = self._factory(
                 spec,
                 binary(),
                 variant,
-                child_environment(),
+                environment,
                 self._settings.load_timeout,
                 self._settings.stop_timeout,
                 functools.partial(self._exited, runner_id),
             )
             process.on_line = functools.partial(self._publish_line, key)
-            self._children[runner_id] = _Child(key, process)
+            self._children[runner_id] = _Child(key, process, gpu=device)
             self._publish_runner(key, process, "starting", estimated_bytes=need)
             try:
                 await process.start()
@@ -604,14 +632,15 @@ class Supervisor:
                 return list(child.process.output)
         return []
 
-    def loaded(self) -> list[RunnerInfo]:
-        """Runners currently loaded, in load order; their memory sampled now."""
+    def loaded(self, sample: bool = True) -> list[RunnerInfo]:
+        """Runners currently loaded, in load order; their memory sampled now, unless
+        ``sample`` is False (routing, per request: as last sampled)."""
         found = []
         for runner in [r for r in self.scheduler.runners.values() if r.ready]:
             child = self._children.get(runner.id)
             if child is None:
                 continue
-            rss = child.process.rss_bytes()
+            rss = child.process.rss_bytes() if sample else None
             if rss is not None:
                 self._feed(Sampled(runner.id, rss + runner.vram, runner.vram))
             spec = child.process.spec
@@ -622,6 +651,7 @@ class Supervisor:
                 expires_at=runner.expires_at, keep_alive=runner.keep_alive,
                 load_seconds=child.process.load_seconds, estimated_bytes=runner.estimate,
                 actual_bytes=runner.actual, vram_bytes=runner.vram, node=self._node,
+                gpu=child.gpu,
             ))
         return found
 

@@ -13,8 +13,9 @@ import pytest
 
 from runner.cluster_config import ClusterConfig
 from runner.membership import Membership
-from runner.service_types import NodeRecord, NodeRunner
+from runner.service_types import NodeRecord
 from tests.cluster.conftest import NatsServer, free_port
+from tests.fakes.runners import runner_info
 
 TTL = 2.0
 
@@ -25,7 +26,7 @@ def _member(url: str, name: str, models: tuple[str, ...] = ("gemma3:270m",),
 
     def describe() -> NodeRecord:
         return NodeRecord(name, config.advertise_url, version, models,
-                          (NodeRunner("gemma3:270m", "gemma3:270m", "chat", 1, 4),), 2,
+                          (runner_info("gemma3:270m", 1, 4),), 2,
                           {"ram_available": 1 << 30})
 
     return Membership(config, describe, TTL, connect_timeout=1.0)
@@ -53,7 +54,7 @@ async def test_two_nodes_see_each_other_and_what_each_serves(nats_server: NatsSe
         await _until(lambda: _names(a) == ["a", "b"] and _names(b) == ["b", "a"], 10)
         other = a.nodes()[1]
         assert other.models == ("tiny:latest",) and other.queue_depth == 2
-        assert other.runners == (NodeRunner("gemma3:270m", "gemma3:270m", "chat", 1, 4),)
+        assert other.runners == (runner_info("gemma3:270m", 1, 4),)
         assert other.memory == {"ram_available": 1 << 30}
     finally:
         await a.close()
@@ -163,5 +164,6 @@ def test_with_three_nats_servers_the_fleet_outlives_one(
 
 def test_a_record_reads_back_as_written() -> None:
     record = NodeRecord("n", "http://10.0.0.5:8080", "0.1.0", ("m",),
-                        (NodeRunner("m", "m", "chat", 0, 2, draining=True),), 0, {"gpus": []})
+                        (runner_info("m", 0, 2, draining=True),), 0, {"gpus": []},
+                        {"m": 3})
     assert NodeRecord.decode(record.encode()) == record

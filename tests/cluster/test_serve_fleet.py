@@ -122,9 +122,12 @@ def test_a_model_of_another_node_is_served_through_this_one_in_every_family(
         "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
         "max_tokens": 8, "stream": True})
     assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
-    ran = [[r["name"] for r in httpx.get(f"{node.url}/api/ps", timeout=5).json()["models"]]
-           for node in (a, b)]
-    assert ran == [[], ["only-b"]]
+    # One runner in the fleet, on b, and both nodes' /api/ps say so.
+    ran = [[(r["name"], r["node"]) for r in
+            httpx.get(f"{node.url}/api/ps", timeout=5).json()["models"]] for node in (a, b)]
+    assert ran[1] == [("only-b", "b")]
+    assert wait_until(lambda: [(r["name"], r["node"]) for r in httpx.get(
+        f"{a.url}/api/ps", timeout=5).json()["models"]] == [("only-b", "b")], 10)
 
 
 def test_a_forged_hop_without_the_cluster_key_is_refused(split_fleet: list[Served]) -> None:
@@ -187,3 +190,73 @@ def test_a_node_killed_mid_stream_ends_the_stream_with_an_error_in_its_family(
                 b.stop(signal.SIGKILL)
     assert len(lines) > 3, lines  # it went on after the kill, to say what happened
     assert ends_with in lines[-1] and "failed mid-stream" in lines[-1], lines[-3:]
+
+
+def _copies(served: Served) -> list[str]:
+    """The nodes running a copy, as ``served`` lists the fleet's runners."""
+    return sorted(r["node"] for r in httpx.get(f"{served.url}/api/ps", timeout=5).json()["models"])
+
+
+def _shared_fleet(tmp_path: Path, gemma_path: Path, nats_server: NatsServer,
+                  **model: object) -> list[Served]:
+    config = {"shared": gemma_models(gemma_path)["gemma3:270m"] | {"aliases": [], **model}}
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(start_server(tmp_path / name, config, {
+                "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
+                "SWITCHBOARD_NODE_TTL": TTL, "SWITCHBOARD_CLUSTER_KEY": "fleet-key"}))
+        assert wait_until(lambda: _names(nodes[0]) == ["a", "b"]
+                          and _names(nodes[1]) == ["b", "a"], 15)
+    except BaseException:
+        for served in nodes:
+            served.stop()
+        raise
+    return nodes
+
+
+def _ask_all(urls: list[str], max_tokens: int) -> list[int]:
+    """One chat per URL, all at once; their status codes."""
+    import concurrent.futures
+
+    ask = {"model": "shared", "messages": [{"role": "user", "content": "Count to fifty"}],
+           "max_tokens": max_tokens}
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        answers = pool.map(lambda url: httpx.post(f"{url}/v1/chat/completions", json=ask,
+                                                   timeout=120).status_code, urls)
+        return list(answers)
+
+
+def test_a_first_request_on_two_nodes_at_once_loads_one_copy_for_the_fleet(
+        tmp_path: Path, gemma_path: Path, nats_server: NatsServer) -> None:
+    a, b = _shared_fleet(tmp_path, gemma_path, nats_server)
+    try:
+        assert _ask_all([a.url, b.url, a.url, b.url], 8) == [200] * 4
+        assert len(_copies(a)) == 1, _copies(a)  # replicas 1: one load, claimed in NATS
+        loader = _copies(a)[0]
+        other = b if loader == "a" else a
+        assert [r["name"] for r in httpx.get(f"{other.url}/api/ps", timeout=5).json()[
+            "models"]] == ["shared"]  # listed there too, as the other node's
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_model_of_two_replicas_runs_a_second_copy_when_the_first_is_full(
+        tmp_path: Path, gemma_path: Path, nats_server: NatsServer) -> None:
+    a, b = _shared_fleet(tmp_path, gemma_path, nats_server, replicas=2, parallel=1)
+    try:
+        assert _ask_all([a.url], 4) == [200]
+        assert _copies(a) == ["a"]
+        # Both at a: the first copy takes one, the other starts a copy on b (the only node
+        # without one), rather than queueing behind it.
+        assert _ask_all([a.url] * 3, 48) == [200] * 3
+        assert wait_until(lambda: _copies(a) == ["a", "b"], 10), _copies(a)
+        assert "new copy on node b" in a.log_text()
+        # Two copies is the cap: more load queues at them, with no third load anywhere.
+        assert _ask_all([a.url, b.url] * 3, 16) == [200] * 6
+        assert _copies(b) == ["a", "b"]
+    finally:
+        a.stop()
+        b.stop()
+

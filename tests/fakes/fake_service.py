@@ -419,6 +419,9 @@ class FakeModelService:
     def nodes(self) -> list[NodeRecord]:
         return list(self.fleet)
 
+    def fleet_runners(self) -> list[RunnerInfo]:
+        return self.loaded() + [r for record in self.fleet[1:] for r in record.runners]
+
     def hop_failed(self, lease: Lease) -> None:
         self.failed_hops.append(lease)
 

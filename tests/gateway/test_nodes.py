@@ -7,8 +7,9 @@ from importlib.metadata import version
 
 import httpx
 
-from runner.service import NodeRecord, NodeRunner
+from runner.service import NodeRecord
 from tests.fakes.fake_service import FakeModelService
+from tests.fakes.runners import runner_info
 
 
 async def test_nodes_are_listed_with_their_runners_and_memory(
@@ -16,7 +17,7 @@ async def test_nodes_are_listed_with_their_runners_and_memory(
     ours = version("switchboard")
     service.fleet = [
         NodeRecord("a", "http://10.0.0.1:8080", ours, ("tiny",),
-                   (NodeRunner("tiny", "tiny", "chat", 1, 4),), 0, {"ram_available": 5}),
+                   (runner_info("tiny", 1, 4),), 0, {"ram_available": 5}),
         NodeRecord("b", "http://10.0.0.2:8080", "0.0.1", ("tiny",)),
     ]
     answer = await client.get("/api/nodes")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from runner.fleet_routing import choose
+from runner.fleet_routing import Route, choose
 from runner.modes import RunnerMode
-from runner.service_types import NodeRecord, NodeRunner
+from runner.service_types import NodeRecord
+from tests.fakes.runners import runner_info
 
 CHAT = RunnerMode.CHAT
 
 
 def _node(name: str, *copies: tuple[int, int], models: tuple[str, ...] = ("m",),
           ram: int = 0, draining: bool = False) -> NodeRecord:
-    runners = tuple(NodeRunner("m", "m", "chat", busy, slots, draining) for busy, slots in copies)
+    runners = tuple(runner_info("m", busy, slots, draining) for busy, slots in copies)
     return NodeRecord(name, f"http://{name}:8080", "v", models, runners,
                       memory={"ram_available": ram})
 
@@ -62,3 +63,52 @@ def test_a_model_only_elsewhere_loads_on_the_node_with_most_free_memory() -> Non
 
 def test_a_model_nobody_has_is_none() -> None:
     assert choose(_node("me"), [_node("x")], "zzz", CHAT, False, random.Random(1)) is None
+
+
+def test_the_first_copy_loads_here_under_a_claim() -> None:
+    route = choose(_node("me"), [_node("x", ram=64 << 30)], "m", CHAT, True, random.Random(1),
+                   replicas=2)
+    assert route == Route(None, "load here", load=True)
+
+
+def test_every_copy_full_starts_another_on_the_roomiest_node_without_one() -> None:
+    others = [_node("x", (1, 1), ram=64 << 30), _node("small", ram=1 << 30),
+              _node("big", ram=8 << 30)]
+    route = choose(_node("me", models=()), others, "m", CHAT, False, random.Random(1),
+                   replicas=2)
+    assert route is not None and route.load and route.reason == "new copy"
+    assert route.node is not None and route.node.name == "big"
+    # This node, roomier than the others and without a copy, takes the new copy itself.
+    route = choose(_node("me", ram=128 << 30), others, "m", CHAT, True, random.Random(1),
+                   replicas=2)
+    assert route == Route(None, "new copy", load=True)
+
+
+def test_one_replica_queues_at_the_full_copy_rather_than_loading_a_second() -> None:
+    route = choose(_node("me"), [_node("x", (1, 1))], "m", CHAT, True, random.Random(1))
+    assert route is not None and not route.load and route.reason == "queue at copy"
+    assert route.node is not None and route.node.name == "x"
+
+
+def test_with_replicas_reached_the_least_busy_copy_takes_it_this_nodes_on_a_tie() -> None:
+    others = [_node("x", (3, 1)), _node("y", (2, 1)), _node("z")]
+    route = choose(_node("me", (2, 1)), others, "m", CHAT, True, random.Random(1), replicas=3)
+    assert route == Route(None, "queue at copy")
+    route = choose(_node("me", (4, 1)), others, "m", CHAT, True, random.Random(1), replicas=3)
+    assert route is not None and route.node is not None and route.node.name == "y"
+
+
+def test_a_load_claimed_elsewhere_is_joined_not_repeated() -> None:
+    others = [_node("x", ram=1 << 30), _node("y", ram=8 << 30)]
+    route = choose(_node("me"), others, "m", CHAT, True, random.Random(1), replicas=3,
+                   loading_at="x")
+    assert route is not None and not route.load and route.node is not None
+    assert route.node.name == "x" and route.reason == "joins the load"
+    route = choose(_node("me"), others, "m", CHAT, True, random.Random(1), replicas=3,
+                   loading_at="me")
+    assert route == Route(None, "joins the load here")
+    # With a copy running, the request rides it rather than waiting for the load.
+    route = choose(_node("me"), [_node("x"), _node("y", (1, 1))], "m", CHAT, True,
+                   random.Random(1), replicas=3, loading_at="x")
+    assert route is not None and route.node is not None and route.node.name == "y"
+    assert not route.load

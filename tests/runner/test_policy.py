@@ -5,7 +5,7 @@ from runner.policy import (
     eviction_order,
     expires_at,
     has_room,
-    next_to_load,
+    pick_device,
     pick_victim,
 )
 
@@ -42,7 +42,9 @@ def test_has_room_counts_only_when_capped() -> None:
     assert has_room(0, 1) and not has_room(1, 1)
 
 
-def test_next_to_load_is_the_oldest_unserved_model() -> None:
-    assert next_to_load(["a", "b", "a"], frozenset({"a"})) == "b"
-    assert next_to_load(["a"], frozenset({"a"})) is None
-    assert next_to_load([], frozenset()) is None
+def test_another_copy_takes_the_roomiest_gpu_holding_none_of_it() -> None:
+    free = {0: 10, 1: 30, 2: 20}
+    assert pick_device(free, []) == 1
+    assert pick_device(free, [1]) == 2
+    assert pick_device({0: 5, 1: 5}, []) == 0
+    assert pick_device(free, [0, 1, 2]) is None

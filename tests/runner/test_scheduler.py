@@ -68,9 +68,9 @@ class Driver:
         return out
 
     def request(self, key: str, keep_alive: float | None = None, shape: Shape = SHAPE,
-                default_keep_alive: float = 300.0) -> int:
+                default_keep_alive: float = 300.0, copies: int = 1) -> int:
         self.ids += 1
-        self.feed(Requested(self.ids, key, key, shape, keep_alive, default_keep_alive))
+        self.feed(Requested(self.ids, key, key, shape, keep_alive, default_keep_alive, copies))
         return self.ids
 
     def load(self, key: str, shape: Shape = SHAPE, steady: int | None = None) -> int:
@@ -297,10 +297,10 @@ def test_shutdown_fails_the_queue_and_stops_every_runner() -> None:
 
 
 def test_requests_go_to_the_least_busy_of_several_runners_of_a_model() -> None:
-    d = Driver(SchedulerConfig(replicas=2))
+    d = Driver()
     d.request("a")
     first = d.load("a")
-    # A second replica of the same key and shape, as the fleet will place one.
+    # A second copy of the same key and shape, as a model's replicas place one.
     d.scheduler.runners[77] = Runner(77, "a", SHAPE, 300.0, MiB, d.now, ready=True)
     assert len(d.scheduler.of(["a"])) == 2
     d.request("a")
@@ -308,6 +308,51 @@ def test_requests_go_to_the_least_busy_of_several_runners_of_a_model() -> None:
     d.request("a")
     assert d.last(Grant).runner in {first, 77}
     assert sorted(r.refs for r in d.scheduler.of(["a"])) == [1, 2]
+
+
+def test_a_request_finding_every_copy_full_loads_another_up_to_its_copies() -> None:
+    d = Driver()
+    d.request("a", copies=2)
+    first = d.load("a")
+    waiting = d.request("a", copies=2)  # the one slot is taken: another copy is wanted
+    assert d.last(Prepare).key == "a" and waiting not in [g.request for g in d.all(Grant)]
+    second = d.load("a")
+    assert second != first and d.last(Grant) == Grant(waiting, second, True)
+    # Two copies run, both full: the third rides the least busy rather than a third load.
+    third = d.request("a", copies=2)
+    assert d.last(Grant).request == third and d.scheduler.loads == 2
+
+
+def test_a_waiting_request_takes_the_slot_a_copy_frees_before_its_new_copy_is_ready() -> None:
+    d = Driver()
+    held = d.request("a", copies=2)
+    first = d.load("a")
+    waiting = d.request("a", copies=2)
+    assert d.last(Prepare).key == "a"
+    d.feed(Released(held))
+    assert (d.last(Grant).request, d.last(Grant).runner) == (waiting, first)
+
+
+def test_one_copy_allowed_queues_in_the_runner_as_before() -> None:
+    d = Driver()
+    d.request("a")
+    first = d.load("a")
+    d.request("a")
+    assert d.last(Grant).runner == first and d.scheduler.loads == 1
+
+
+def test_another_copy_never_evicts_a_runner_the_copies_running_take_its_requests() -> None:
+    d = Driver(SchedulerConfig(max_loaded=2))
+    d.request("b")
+    d.load("b")
+    d.request("a", copies=2)
+    first = d.load("a")
+    waiting = d.request("a", copies=2)
+    d.feed(Prepared("a", SHAPE, d.estimate, Memory(64 << 30, 64 << 30)))
+    assert (d.last(Grant).request, d.last(Grant).runner) == (waiting, first)
+    assert not d.all(Drain) and d.scheduler.loads == 2
+    later = d.request("a", copies=2)  # no new load until memory returns
+    assert (d.last(Grant).request, d.last(Grant).runner) == (later, first)
 
 
 def test_the_scheduler_imports_nothing_that_does_io() -> None:
@@ -323,3 +368,14 @@ def test_the_scheduler_imports_nothing_that_does_io() -> None:
     assert not imported & banned
     assert {m for m in imported if m.startswith("runner.")} <= {
         "runner.errors", "runner.modes", "runner.policy", "runner.units"}
+
+
+def test_a_copy_that_fails_to_start_hands_its_waiters_to_the_copies_running() -> None:
+    d = Driver()
+    d.request("a", copies=2)
+    first = d.load("a")
+    waiting = d.request("a", copies=2)
+    d.feed(Prepared("a", SHAPE, d.estimate, d.memory))
+    d.feed(StartFailed(d.last(Spawn).runner, RuntimeError("no")))
+    assert (d.last(Grant).request, d.last(Grant).runner) == (waiting, first)
+    assert not d.all(Fail)

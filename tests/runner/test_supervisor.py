@@ -44,6 +44,7 @@ class FakeRunner:
                  on_exit: Callable[[Any], None] | None = None) -> None:
         self.spec = spec
         self.variant = variant
+        self.env = env
         self.api_key = "k"
         FakeRunner.ports += 1
         self.port = FakeRunner.ports  # unique: a lease names its runner by port
@@ -139,7 +140,8 @@ MiB = 1 << 20
 
 def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = None,
                memory: tuple[int, int] | Callable[[], tuple[int, int]] = (64 << 30, 64 << 30),
-               backends: dict[str, str] | None = None, **kwargs: Any) -> Supervisor:
+               backends: dict[str, str] | None = None, replicas: dict[str, int] | None = None,
+               **kwargs: Any) -> Supervisor:
     """A scheduler over models a, b, c, each with its own GGUF; ``needs`` sets estimates,
     ``memory`` the machine's (total, available) or a probe for it, ``backends`` the models'
     backends."""
@@ -148,7 +150,8 @@ def _scheduler(tmp_path: Path, factory: Factory, needs: dict[str, int] | None = 
         gguf = tmp_path / f"{name}.gguf"
         write_empty_gguf(gguf)
         models[name] = ModelConfig(source=str(gguf),
-                                   backend=(backends or {}).get(name, "llama-cpp"))
+                                   backend=(backends or {}).get(name, "llama-cpp"),
+                                   replicas=(replicas or {}).get(name, 1))
     hooks = {k: kwargs.pop(k) for k in ("gpu", "gpu_probe", "gpu_usage", "sources", "installed",
                                         "events", "on_stop") if k in kwargs}
     config = Settings(home=tmp_path, models=models, **kwargs)
@@ -714,6 +717,43 @@ async def test_scheduler_counts_gpu_memory_when_fitting(tmp_path: Path) -> None:
                           sources=sources)
     assert await _use(with_gpu, "a") == "a"
     await with_gpu.close()
+
+
+async def test_copies_of_a_replicated_model_are_pinned_one_per_gpu(tmp_path: Path) -> None:
+    factory = Factory()
+    devices = [GpuMemory(0, "L4", 24 << 30, 20 << 30), GpuMemory(1, "L4", 24 << 30, 22 << 30)]
+    scheduler = _scheduler(tmp_path, factory, replicas={"a": 4}, gpu=GpuInfo("cuda", "v12"),
+                           gpu_probe=lambda: devices, gpu_usage=lambda pid: 0,
+                           sources=_gz_sources(tmp_path, "cuda_v12"))
+    first, release_first = await _hold(scheduler, "a")
+    second, release_second = await _hold(scheduler, "a")  # the one slot is taken: a copy
+    for _ in range(200):
+        if len(scheduler.loaded()) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.env.get("CUDA_VISIBLE_DEVICES") for r in factory.made] == ["1", "0"]
+    assert {r.env.get("CUDA_DEVICE_ORDER") for r in factory.made} == {"PCI_BUS_ID"}
+    assert sorted(info.gpu for info in scheduler.loaded()) == [0, 1]  # type: ignore[type-var]
+    assert await _use(scheduler, "a") == "a"  # two GPUs, two copies: the third rides one
+    assert len(factory.made) == 2
+    await _use(scheduler, "b")  # one copy only: spread over every GPU as before
+    assert "CUDA_VISIBLE_DEVICES" not in factory.made[2].env
+    release_first.set()
+    release_second.set()
+    await asyncio.gather(first, second)
+    await scheduler.close()
+
+
+async def test_a_replicated_model_runs_one_copy_on_a_machine_without_two_gpus(
+        tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory, replicas={"a": 4})
+    held, release = await _hold(scheduler, "a")
+    assert await _use(scheduler, "a") == "a"
+    assert len(factory.made) == 1 and "CUDA_VISIBLE_DEVICES" not in factory.made[0].env
+    release.set()
+    await held
+    await scheduler.close()
 
 
 async def test_scheduler_waits_for_gpu_memory_to_return_after_unload(tmp_path: Path) -> None:
