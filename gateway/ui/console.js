@@ -196,6 +196,32 @@ function showModels(names) {
   if (chosen && names.includes(chosen)) select.value = chosen;
 }
 
+// The fleet changes at heartbeat pace (a quarter of the node TTL): polled, not streamed.
+const NODES_EVERY = 3000;
+
+function renderNodes(nodes) {
+  const rows = nodes.map((n) => {
+    const tr = document.createElement("tr");
+    tr.dataset.node = n.name;
+    tr.dataset.state = n.state;
+    const busy = n.runners.reduce((sum, r) => sum + r.busy, 0);
+    const slots = n.runners.reduce((sum, r) => sum + r.slots, 0);
+    tr.append(cell(n.name), cell(n.url), cell(n.state, "state"), cell(n.version),
+              cell(String(n.models.length)), cell(busy + "/" + slots), cell(String(n.queue_depth)),
+              cell(bytes(n.memory.ram_available)));
+    return tr;
+  });
+  $("nodes").querySelector("tbody").replaceChildren(...rows);
+}
+
+async function refreshNodes() {
+  try {
+    const response = await api("GET", "/api/nodes");
+    if (response.ok) renderNodes((await response.json()).nodes);
+  } catch { /* asked for a key, or away: the next poll tries again */ }
+  setTimeout(refreshNodes, NODES_EVERY);
+}
+
 async function refreshModels() {
   const response = await api("GET", "/v1/models");
   if (response.ok) showModels((await response.json()).data.map((m) => m.id));
@@ -337,3 +363,4 @@ $("pull-form").onsubmit = async (e) => {
 };
 
 connect();
+refreshNodes();

@@ -60,6 +60,9 @@ def test_the_console_shows_loads_logs_unloads_and_pulls(served: Served, tmp_path
             page.fill("#key", KEY)
             page.click("#key-form button")
             page.wait_for_selector('#status[data-status="live"]')
+            # Alone, the fleet is this node: listed up, with its model.
+            page.wait_for_selector('#nodes tr[data-node="local"][data-state="up"]')
+            assert page.inner_text('#nodes tr[data-node="local"] td:nth-child(5)') == "1"
 
             # A request loads the default model: the page shows it starting, then ready.
             request = threading.Thread(target=_chat, args=(served,))
