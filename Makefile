@@ -66,6 +66,7 @@ test-reliability: payloads model
 bench: payloads model
 	$(BIN)/python -m pip install --quiet -e '.[dev,build,bench]'
 	$(BIN)/python -m bench.peers
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) runner/payloads build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -40,8 +40,10 @@ class FleetModelService(LocalModelService):
         self._membership = Membership(fleet, self.record, settings.node_ttl)
         self._claims = LoadClaims(self._membership, settings.node_ttl, fleet.replicas)
         self._rng = random.Random()
-        # Nodes a hop to failed, until (monotonic): their record may outlive them by a TTL.
-        self._avoid: dict[str, float] = {}
+        # Nodes a hop to failed: (monotonic until, the revision of their record then). A dead
+        # node's record outlives it by up to a TTL and a read; it is avoided until that record
+        # is gone or it publishes a new one, and for a TTL at least.
+        self._avoid: dict[str, tuple[float, int]] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -63,17 +65,29 @@ class FleetModelService(LocalModelService):
         return self._membership.nodes() or [self.record()]
 
     def _others(self) -> list[NodeRecord]:
-        now = time.monotonic()
-        return [record for record in self._membership.nodes()
-                if record.name != self.node and self._avoid.get(record.name, 0.0) <= now]
+        records = [record for record in self._membership.nodes() if record.name != self.node]
+        if self._avoid:
+            return [record for record in records if not self._avoided(record.name)]
+        return records
+
+    def _avoided(self, node: str) -> bool:
+        avoid = self._avoid.get(node)
+        if avoid is None:
+            return False
+        until, revision = avoid
+        if time.monotonic() < until or self._membership.revision(node) == revision:
+            return True
+        del self._avoid[node]  # it has published since, and a TTL has passed: try it again
+        return False
 
     def fleet_runners(self) -> list[RunnerInfo]:
         return self.loaded() + [runner for record in self._others() for runner in record.runners]
 
     def hop_failed(self, lease: Lease) -> None:
-        log.warning("node %s did not answer; routing around it for %.0f s", lease.node,
-                    self._settings.node_ttl)
-        self._avoid[lease.node] = time.monotonic() + self._settings.node_ttl
+        log.warning("node %s did not answer; routing around it until it publishes again "
+                    "(%.0f s at least)", lease.node, self._settings.node_ttl)
+        self._avoid[lease.node] = (time.monotonic() + self._settings.node_ttl,
+                                   self._membership.revision(lease.node))
 
     def names(self) -> list[str]:
         names = super().names()
@@ -154,7 +168,8 @@ class FleetModelService(LocalModelService):
                         key = ""
                     yield lease
             else:
-                log.info("%s: %s on node %s", name, route.reason, route.node.name)
+                if key:  # said once per load, by the node that claimed it
+                    log.info("%s: %s on node %s", name, route.reason, route.node.name)
                 async with self._remote(route.node, name, model, options) as lease:
                     yield lease
         finally:

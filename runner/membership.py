@@ -44,6 +44,7 @@ class Membership:
         self._nc: Client | None = None
         self._kv: KeyValue | None = None
         self._view: dict[str, NodeRecord] = {}
+        self._revisions: dict[str, int] = {}  # node -> the bucket revision of its record
         self._task: asyncio.Task[None] | None = None
         self._away = False  # NATS unreachable, said once until it is back
         self._warned: set[tuple[str, str]] = set()  # (node, version) said to differ from ours
@@ -62,6 +63,11 @@ class Membership:
         if not self.connected or self._nc is None:
             return None
         return self._nc.jetstream(timeout=self._connect_timeout)
+
+    def revision(self, node: str) -> int:
+        """The bucket revision of ``node``'s record as last read: a new one means the node
+        has published since (0: not in the view)."""
+        return self._revisions.get(node, 0)
 
     def nodes(self) -> list[NodeRecord]:
         """The fleet as last read from the bucket, this node first; empty while NATS is away."""
@@ -132,7 +138,7 @@ class Membership:
         assert self._kv is not None
         ours = self._describe()
         await self._kv.put(self.node, ours.encode())
-        self._view = await self._read()
+        self._view, self._revisions = await self._read()
         for record in self._view.values():
             seen = (record.name, record.version)
             if record.version != ours.version and seen not in self._warned:
@@ -141,10 +147,11 @@ class Membership:
                             "versions may disagree on what they send each other",
                             record.name, record.version, ours.version)
 
-    async def _read(self) -> dict[str, NodeRecord]:
-        """The last record of every key still in the bucket."""
+    async def _read(self) -> tuple[dict[str, NodeRecord], dict[str, int]]:
+        """The last record of every key still in the bucket, and its revision."""
         assert self._kv is not None
         view: dict[str, NodeRecord] = {}
+        revisions: dict[str, int] = {}
         watcher = await self._kv.watchall(ignore_deletes=True)
         try:
             while True:
@@ -160,9 +167,10 @@ class Membership:
                                     entry.key, exc)
                         continue
                     view[record.name] = record
+                    revisions[record.name] = entry.revision or 0
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
-        return view
+        return view, revisions
 
     # -- saying it once -------------------------------------------------------------------------
 

@@ -77,3 +77,29 @@ async def test_only_runner_paths_and_modes_are_served_on_the_hop(
         answer = await _post(client, path, KEY)
     assert answer.status_code == 404 and says in answer.json()["error"]["message"]
     assert service.acquired == []
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/_node/chat", 307), ("POST", "/_node/", 404),  # the router: a slash redirect
+    ("GET", "/_node/chat/v1/chat/completions", 405),
+])
+async def test_hop_paths_without_a_mode_and_a_path_or_not_posted_go_to_the_router(
+        tmp_path: Path, service: FakeModelService, method: str, path: str,
+        status: int) -> None:
+    async with gateway_client(_settings(tmp_path, cluster_key=KEY), service) as client:
+        answer = await client.request(method, path, content=BODY,
+                                      headers={"authorization": f"Bearer {KEY}"})
+    assert answer.status_code == status and service.acquired == []
+
+
+def test_a_prefixed_route_must_end_in_its_two_parameters() -> None:
+    from starlette.routing import Route
+
+    from gateway.relay_dispatch import RelayDispatch
+
+    with pytest.raises(ValueError, match="ends in"):
+        RelayDispatch(_no_app, [], prefixed=[Route("/_node/{mode}", _no_app)])
+
+
+async def _no_app(*_: object) -> None:
+    raise AssertionError("never called")
