@@ -22,10 +22,11 @@ class NatsServer:
     store: Path
     process: subprocess.Popen[bytes] | None = None
     cluster: list[str] | None = None  # extra arguments that join a NATS cluster
+    address: str = "127.0.0.1"  # where it listens (a partition test's bridge address)
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.address}:{self.port}"
 
     def start(self) -> None:
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -33,13 +34,13 @@ class NatsServer:
             pytest.fail("nats-server is not installed: `make test` installs it "
                         "(apt-get install nats-server)")
         self.process = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store),
+            [binary, "-js", "-a", self.address, "-p", str(self.port), "-sd", str(self.store),
              *(self.cluster or [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.address, self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.cluster.conftest import NatsServer
 from tests.e2e.server import Served, environment, gemma_models, start_server, wait_until
+from tests.fakes.registry import FakeRegistry, file_sha256
 
 TTL = "2"
 
@@ -260,3 +262,48 @@ def test_a_model_of_two_replicas_runs_a_second_copy_when_the_first_is_full(
         a.stop()
         b.stop()
 
+
+
+def test_two_nodes_pulling_one_model_into_one_store_at_once_corrupt_nothing(
+        tmp_path: Path, gemma_path: Path, nats_server: NatsServer,
+        tiny_registry: FakeRegistry) -> None:
+    # The fleet's store on shared storage (an NFS home): both nodes pull the same model at
+    # the same moment; the download lock serialises them, the second finds the blob there.
+    tiny_registry.rate = 150e6  # about two seconds of pull, so the two overlap
+    shared = tmp_path / "shared-home"
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(start_server(tmp_path / name, gemma_models(gemma_path), {
+                "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
+                "SWITCHBOARD_NODE_TTL": TTL, "SWITCHBOARD_HOME": str(shared),
+                "SWITCHBOARD_REGISTRY": tiny_registry.host}))
+        import concurrent.futures
+
+        def pull(served: Served) -> list[dict[str, object]]:
+            answer = httpx.post(f"{served.url}/api/pull", timeout=120,
+                                json={"model": "tiny", "insecure": True, "stream": True})
+            assert answer.status_code == 200, answer.text
+            return [orjson.loads(line) for line in answer.text.splitlines() if line.strip()]
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            both = list(pool.map(pull, nodes))
+        for events in both:
+            assert events[-1] == {"status": "success"}, events[-3:]
+        statuses = [str(e.get("status", "")) for events in both for e in events]
+        assert any(s.startswith("waiting for another process") for s in statuses)  # overlapped
+        blobs = list((shared / "models" / "blobs").iterdir())
+        assert [file_sha256(blob) for blob in blobs if blob.stat().st_size > 1 << 20] == [
+            file_sha256(gemma_path)]
+        assert not list((shared / "models" / "partial").glob("*.partial"))
+        for served in nodes:
+            assert "tiny:latest" in [m["name"] for m in httpx.get(
+                f"{served.url}/api/tags", timeout=5).json()["models"]]
+        chat = httpx.post(f"{nodes[1].url}/v1/chat/completions", timeout=120, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "Say hi"}],
+            "max_tokens": 4})
+        assert chat.status_code == 200, chat.text
+    finally:
+        tiny_registry.rate = None
+        for served in nodes:
+            served.stop()
