@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-reliability lint payloads model toolchain browser nats bench clean
+.PHONY: serve test test-reliability lint payloads model toolchain browser nats bench gpu-check clean
 
 # Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
@@ -61,6 +61,13 @@ test: payloads model lint browser nats
 # The reliability suite on its own (its fast part also runs in `make test`).
 test-reliability: payloads model
 	$(BIN)/pytest tests/reliability $(PYTEST_ARGS)
+
+# On a machine with an NVIDIA GPU and nvcc: the cuda variant, then the GPU tests (variant
+# choice, NVML against the estimate, one copy per device); figures in docs/gpu-check.md.
+gpu-check: payloads model
+	@command -v nvcc >/dev/null || { echo "gpu-check needs nvcc (the CUDA toolkit)" >&2; exit 1; }
+	$(BIN)/switchboard build-runners --variant cuda
+	$(BIN)/pytest tests/gpu -v --gpu-required $(PYTEST_ARGS)
 
 # Peers side by side (about 5 minutes): writes docs/benchmarks.{md,json,png}.
 bench: payloads model

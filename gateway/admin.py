@@ -32,6 +32,7 @@ def _describe(info: RunnerInfo, facts: ModelFacts | None) -> dict[str, object]:
         "name": info.model,
         "model": info.model,
         "node": info.node,
+        "gpu": info.gpu,  # the one GPU a copy of a replicated model is pinned to
         "size": info.actual_bytes or info.estimated_bytes,
         "size_vram": info.vram_bytes,
         "digest": facts.digest if facts else "",

@@ -20,6 +20,12 @@ FAKE_RUNNER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak-seconds", type=float, default=600.0,
                      help="how long the reliability soak runs (default: 10 minutes)")
+    # Here, not in tests/gpu: options must be known before any test directory is collected.
+    parser.addoption("--gpu-required", action="store_true",
+                     help="tests/gpu fail rather than skip without a GPU (make gpu-check)")
+    parser.addoption("--gpu-report", default=str(Path(__file__).parent.parent / "docs" /
+                                                 "gpu-check.md"),
+                     help="where tests/gpu write their figures")
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +77,4 @@ def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("blobs") / "small.gguf"
     path.write_bytes(b"GGUF" + random.Random(7).randbytes(24 * 2**20 - 4))
     return path
+
