@@ -19,11 +19,25 @@ _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    nats_url: str
+    nats_url: str  # one URL, or several joined by commas (servers of one NATS cluster)
     node: str
     advertise_url: str
     key: str | None
     replicas: int = 1  # of the fleet's JetStream buckets
+
+    @property
+    def servers(self) -> list[str]:
+        """The NATS servers to try, in order: any one lets the node join."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def redacted(self) -> str:
+        """The URLs as the log may show them: passwords replaced."""
+        shown = []
+        for url in self.servers:
+            scheme, _, rest = url.partition("://")
+            shown.append(f"{scheme}://***@{rest.rsplit('@', 1)[1]}" if "@" in rest else url)
+        return ",".join(shown)
 
 
 def is_loopback(host: str) -> bool:
@@ -39,14 +53,16 @@ def cluster_config(settings: Settings) -> ClusterConfig | None:
     """The fleet this node joins, or None when it serves alone (no ``cluster`` set)."""
     if not settings.cluster:
         return None
-    parts = urlsplit(settings.cluster)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in ("nats", "tls") or not parts.hostname or port is None:
-        raise SettingsError(f"cluster: {settings.cluster!r} is not nats://[user:password@]"
-                            "HOST:PORT (SWITCHBOARD_CLUSTER or --cluster)")
+    for url in settings.cluster.split(","):
+        parts = urlsplit(url.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname or port is None:
+            raise SettingsError(f"cluster: {url.strip()!r} is not nats://[user:password@]"
+                                "HOST:PORT, or several joined by commas (SWITCHBOARD_CLUSTER "
+                                "or --cluster)")
     node = settings.node_name or socket.gethostname().split(".")[0]
     if not _NODE_NAME.fullmatch(node):
         raise SettingsError(f"node_name: {node!r} must be letters, digits, '.', '_' or '-' "

@@ -119,7 +119,7 @@ class Membership:
             with contextlib.suppress(Exception):
                 await self._nc.close()
         nc = await nats.connect(
-            self._config.nats_url, connect_timeout=int(max(self._connect_timeout, 1)),
+            self._config.servers, connect_timeout=int(max(self._connect_timeout, 1)),
             allow_reconnect=True, max_reconnect_attempts=-1,
             reconnect_time_wait=min(self._interval(), 2.0),
             error_cb=self._quiet, disconnected_cb=self._disconnected, name=self.node)
@@ -185,11 +185,7 @@ class Membership:
             self._away = False
 
     def _redacted(self) -> str:
-        url = self._config.nats_url
-        if "@" in url:
-            scheme, _, rest = url.partition("://")
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return url
+        return self._config.redacted
 
     async def _quiet(self, exc: Exception) -> None:
         # Called at every failed attempt to connect or reconnect: said once, then quiet.

@@ -323,8 +323,8 @@ class Settings(BaseModel):
     )
     # The fleet (runner/cluster_config.py checks them together at start).
     cluster: str | None = Field(
-        None, description="NATS server of the fleet to join, nats://[user:password@]HOST:PORT; "
-        "empty = this node alone"
+        None, description="NATS server(s) of the fleet to join, nats://[user:password@]HOST:PORT"
+        ", several joined by commas; empty = this node alone"
     )
     node_name: str | None = Field(None, description="this node's name in the fleet; empty = "
                                   "the host name")

@@ -21,10 +21,17 @@ def test_defaults_come_from_the_listening_address_and_the_host_name() -> None:
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:4222", "http://x:4222", "nats://x", "nats://:4222",
-                                 "nats://x:port"])
+                                 "nats://x:port", "nats://a:4222,nats://b"])
 def test_a_cluster_url_that_is_not_nats_host_port_is_refused(url: str) -> None:
     with pytest.raises(SettingsError, match="SWITCHBOARD_CLUSTER"):
         cluster_config(Settings(cluster=url))
+
+
+def test_several_nats_servers_may_be_named_and_passwords_never_reach_the_log() -> None:
+    config = cluster_config(Settings(cluster="nats://u:pw@n1:4222, nats://n2:4222"))
+    assert config is not None
+    assert config.servers == ["nats://u:pw@n1:4222", "nats://n2:4222"]
+    assert config.redacted == "nats://***@n1:4222,nats://n2:4222"
 
 
 def test_a_wildcard_listener_needs_an_advertised_url() -> None:
