@@ -205,7 +205,10 @@ def test_embeddings_and_chat_of_one_gguf_run_side_by_side(served: Served) -> Non
     import openai
 
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", max_retries=0)
-    result = client.embeddings.create(model="gemma", input=["hello world", "goodbye"])
+    # Kept past the chat runner's load: the module's 2 s default is shorter than a slow
+    # machine's load (2.2 s seen), and the embeddings runner would expire beside it.
+    result = client.embeddings.create(model="gemma", input=["hello world", "goodbye"],
+                                      extra_body={"keep_alive": "1m"})
     assert result.model == "gemma"
     assert [len(item.embedding) for item in result.data] == [640, 640]
     assert result.data[0].embedding != result.data[1].embedding
