@@ -274,8 +274,9 @@ def report(results: dict[str, Any]) -> tuple[str, list[str]]:
             ["requests answered in all", str(d["answered"])],
         ]),
         "",
-        "The first hop that cannot connect takes b out of a's routing at once (for a TTL); "
-        "the record itself leaves when JetStream expires it.",
+        "The first hops that cannot connect (those in flight at the kill) take b out of a's "
+        "routing until it publishes a newer record; the record itself leaves when JetStream "
+        "expires it.",
         "",
         "## 16 clients, two nodes, `replicas: 2`",
         "",
