@@ -94,12 +94,14 @@ def choose(me: NodeRecord, others: Sequence[NodeRecord], model: str, mode: Runne
         loader = next((record for record in others if record.name == loading_at), None)
         if loader is not None:
             return Route(loader, "joins the load")
+    # Only a claimed load whose node has left the view comes this far (with no claim, step 3
+    # placed it): load where it can be loaded, without claiming again.
     if here_can_load:
-        return Route(None, "load here", load=loading_at is None)
+        return Route(None, "load here")
     having = [record for record in others if model in record.models]
     if not having:
         return None
-    return Route(_roomiest(having), "load there", load=loading_at is None)
+    return Route(_roomiest(having), "load there")
 
 
 def busy_share(record: NodeRecord, model: str, mode: RunnerMode | None) -> float:

@@ -112,3 +112,13 @@ def test_a_load_claimed_elsewhere_is_joined_not_repeated() -> None:
                    random.Random(1), replicas=3, loading_at="x")
     assert route is not None and route.node is not None and route.node.name == "y"
     assert not route.load
+
+
+def test_a_claimed_load_whose_node_left_the_view_loads_without_claiming_again() -> None:
+    route = choose(_node("me"), [_node("x")], "m", CHAT, True, random.Random(1), replicas=2,
+                   loading_at="gone")
+    assert route == Route(None, "load here")
+    route = choose(_node("me", models=()), [_node("x")], "m", CHAT, False, random.Random(1),
+                   replicas=2, loading_at="gone")
+    assert route is not None and not route.load and route.node is not None
+    assert route.node.name == "x"
