@@ -18,7 +18,7 @@ from starlette.routing import Route
 from gateway.errors import APIError
 from gateway.relay import Relay
 from gateway.request_body import read_request, require_flag
-from runner.service import HOP_PREFIX, PRIMARY, RunnerMode, RunnerOptions
+from runner.service import HOP_PREFIX, KEEP_ALIVE_HEADER, PRIMARY, RunnerMode, RunnerOptions
 from runner.settings import Settings
 
 PREFIX = HOP_PREFIX.decode()
@@ -58,6 +58,13 @@ async def node_relay(request: Request) -> Relay:
         raise APIError(404, f"no runner mode {mode_name!r} (chat, embeddings, reranking or "
                        "primary)", code="not_found") from None
     body, data = await read_request(request)
+    keep_alive = request.headers.get(KEEP_ALIVE_HEADER.decode())
+    if keep_alive is not None:  # the first node took it out of the body: it applies here
+        try:
+            data["keep_alive"] = float(keep_alive)
+        except ValueError:
+            raise APIError(400, f"invalid {KEEP_ALIVE_HEADER.decode()}: {keep_alive!r}",
+                           code="invalid_keep_alive") from None
     return Relay.for_request(request, body, data, path.encode(), require_flag(data, "stream"),
                              options=RunnerOptions(mode=mode, here=True))
 

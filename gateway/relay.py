@@ -41,7 +41,7 @@ from gateway.upstream import (
     UpstreamResponse,
     UpstreamTooLargeError,
 )
-from runner.service import Lease, ModelService, RunnerOptions
+from runner.service import KEEP_ALIVE_HEADER, Lease, ModelService, RunnerOptions
 from runner.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -388,6 +388,8 @@ class Relay:
             (b"Authorization", b"Bearer " + lease.api_key.encode()),
             (b"Content-Type", _JSON),
         ]
+        if lease.path_prefix and self._keep_alive is not None:  # the hop's node applies it
+            headers.append((KEEP_ALIVE_HEADER, repr(self._keep_alive).encode()))
         try:
             upstream = await self._pool.request(
                 lease.host, lease.port, b"POST", lease.path_prefix + self._path, headers,
@@ -464,9 +466,13 @@ class Relay:
             await send({"type": "http.response.body", "more_body": False,
                         "body": stream_error_event(self._dialect, message)})
             return
+        timing = self._timing
         if upstream.status >= 400:
             body = normalise_error(body, upstream.status, self._dialect)
             content_type = _JSON
+            retry = upstream.header(b"retry-after")  # another node's 503 says when to retry
+            if retry is not None:
+                timing = [*timing, (b"retry-after", retry)]
         else:
             self._observe(lease.model, body)
             if self._translation is not None:
@@ -483,7 +489,7 @@ class Relay:
             "type": "http.response.start",
             "status": upstream.status,
             "headers": [(b"content-type", content_type),
-                        (b"content-length", str(len(body)).encode()), *self._timing],
+                        (b"content-length", str(len(body)).encode()), *timing],
         })
         await self._send_last(send, body)
 

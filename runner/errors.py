@@ -72,6 +72,21 @@ class ModelTooLargeError(ServiceError, RuntimeError):
         self.available = available
 
 
+class NoRoomError(ServiceError, RuntimeError):
+    """No room for the model now without waiting for busy runners: in a fleet, the client
+    retries after ``retry_after`` seconds rather than queue behind another model's work."""
+
+    def __init__(self, model: str, needs: int, available: int, retry_after: int = 2) -> None:
+        super().__init__(
+            f"no room for model '{model}' now: it needs {format_bytes(needs)}, "
+            f"{format_bytes(max(available, 0))} can be freed without waiting for requests "
+            "in flight; retry shortly"
+        )
+        self.needs = needs
+        self.available = available
+        self.retry_after = retry_after
+
+
 class ModelInUseError(ServiceError, RuntimeError):
     """The model has requests in flight or waiting, or is loading: it cannot be removed now."""
 

@@ -16,11 +16,12 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from runner.cluster_config import ClusterConfig
-from runner.errors import ModelNotFoundError
-from runner.fleet_routing import Route, choose
+from runner.errors import ModelNotFoundError, NoRoomError
+from runner.fleet_routing import Route, choose, room
 from runner.load_claims import LoadClaims, claim_key
 from runner.local_service import LocalModelService
 from runner.membership import Membership
@@ -117,12 +118,14 @@ class FleetModelService(LocalModelService):
     def acquire(self, model: str, options: RunnerOptions | None = None,
                 keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
         options = options or RunnerOptions()
-        if options.here:
-            return super().acquire(model, options, keep_alive)
+        if options.here:  # a load another node placed here: refused if it would wait (503)
+            return super().acquire(model, replace(options, wait_for_room=False), keep_alive)
         canonical = super().canonical(model)
         name = canonical or model
         me = self._me()
         others = self._others()
+        if others:  # a load that would wait here is a 503: another node may have room soon
+            options = replace(options, wait_for_room=False)
         replicas = self._replicas(name, others)
         route = choose(me, others, name, options.mode, canonical is not None, self._rng,
                        replicas)
@@ -134,7 +137,7 @@ class FleetModelService(LocalModelService):
 
     def _me(self) -> NodeRecord:
         return NodeRecord(self.node, self.advertise_url(), "", runners=self.runners_now(),
-                          queue_depth=self.queue_depth)
+                          queue_depth=self.queue_depth, memory=self._published_memory)
 
     def _routed(self, route: Route, name: str, model: str, options: RunnerOptions,
                 keep_alive: float | None) -> AbstractAsyncContextManager[Lease]:
@@ -162,8 +165,21 @@ class FleetModelService(LocalModelService):
             key = ""  # claimed for the same node by another: it loads once there
         try:
             if route.node is None:
-                async with super().acquire(model, options, keep_alive) as lease:
-                    if key:  # the copy is up: the next load of this model may start
+                async with contextlib.AsyncExitStack() as stack:
+                    try:
+                        lease = await stack.enter_async_context(
+                            super().acquire(model, options, keep_alive))
+                    except NoRoomError:
+                        # No room here without waiting: the roomiest other node with the
+                        # model may have it (it says 503 too if not). Still one hop at most.
+                        elsewhere = _roomiest_with(others, name)
+                        if elsewhere is None:
+                            raise
+                        log.info("%s: no room on this node; loading on node %s", name,
+                                 elsewhere.name)
+                        lease = await stack.enter_async_context(
+                            self._remote(elsewhere, name, model, options))
+                    if key:  # the copy is up (or placed elsewhere): the next load may start
                         await self._claims.release(key)
                         key = ""
                     yield lease
@@ -183,6 +199,11 @@ class FleetModelService(LocalModelService):
         port = url.port or (443 if url.scheme == "https" else 80)
         yield Lease(canonical, requested, url.hostname or "", port, self._fleet.key or "",
                     REMOTE_CONNECTIONS, node=node.name, path_prefix=hop_prefix(options.mode))
+
+
+def _roomiest_with(others: list[NodeRecord], model: str) -> NodeRecord | None:
+    having = [record for record in others if model in record.models and room(record) > 0]
+    return max(having, key=lambda record: (room(record), record.name)) if having else None
 
 
 @contextlib.asynccontextmanager

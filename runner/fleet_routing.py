@@ -51,8 +51,14 @@ def _copies(record: NodeRecord, model: str, mode: RunnerMode | None) -> int:
     return sum(1 for r in record.runners if _serves(r, model, mode) and not r.draining)
 
 
+def room(record: NodeRecord) -> int:
+    """Bytes a new copy could have on this node without waiting: free memory plus what its
+    idle runners hold (older nodes publish only the machine's free RAM)."""
+    return int(record.memory.get("room", record.memory.get("ram_available", 0)))
+
+
 def _roomiest(records: Sequence[NodeRecord]) -> NodeRecord:
-    return max(records, key=lambda r: (int(r.memory.get("ram_available", 0)), r.name))
+    return max(records, key=lambda r: (room(r), r.name))
 
 
 def choose(me: NodeRecord, others: Sequence[NodeRecord], model: str, mode: RunnerMode | None,

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import version
+from typing import Any
 from urllib.parse import urlsplit
 
 from runner.catalog import Catalog, open_store
@@ -59,6 +60,7 @@ class LocalModelService:
         self._supervisor: Supervisor | None = None
         self._on_load: list[LoadObserver] = []
         self._on_stop: list[StopObserver] = []
+        self._published_memory: dict[str, Any] = {}  # as of the last record: routing reads it
 
     @property
     def node(self) -> str:
@@ -199,9 +201,11 @@ class LocalModelService:
         """What this node says of itself in the fleet (built at each heartbeat)."""
         runners = tuple(self.loaded())
         total, available = system_memory()
-        memory = {"ram_total": total, "ram_available": available,
+        room = self._supervisor.room() if self._supervisor is not None else available
+        memory = {"ram_total": total, "ram_available": available, "room": room,
                   "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
                            for g in gpus()]}
+        self._published_memory = memory
         replicas = {name: config.replicas for name, config in self._settings.models.items()
                     if config.replicas > 1}
         return NodeRecord(self._node or "local", self.advertise_url(), version("switchboard"),

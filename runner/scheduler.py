@@ -44,7 +44,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from runner.errors import ModelInUseError, ModelTooLargeError, QueueFullError, ShuttingDownError
+from runner.errors import (
+    ModelInUseError,
+    ModelTooLargeError,
+    NoRoomError,
+    QueueFullError,
+    ShuttingDownError,
+)
 from runner.modes import RunnerMode
 from runner.policy import RunnerView, expires_at, has_room, pick_victim
 from runner.units import GiB, format_bytes
@@ -97,6 +103,9 @@ class Requested:
     keep_alive: float | None  # the request's own; None: ``default_keep_alive``
     default_keep_alive: float  # the model's
     copies: int = 1  # runners of this key and shape that may run at once
+    # False in a fleet: a load that would wait for busy runners to drain is refused (503),
+    # since another node may have room by the client's retry.
+    wait_for_room: bool = True
 
 
 @dataclass(frozen=True)
@@ -331,6 +340,7 @@ class Waiting:
     default_keep_alive: float
     queued_at: float
     copies: int = 1
+    wait_for_room: bool = True
 
     @property
     def wants(self) -> tuple[str, Shape]:
@@ -391,6 +401,15 @@ class Scheduler:
         if self.config.memory_budget is None:
             free = min(free, memory.available + device_free)  # others use this machine too
         return budget, free
+
+    def room(self, memory: Memory) -> int:
+        """Bytes a new runner could have now without waiting for a request: what is free,
+        plus what idle runners hold (they may be unloaded for it). What a fleet routes by."""
+        _, free = self.fits(memory)
+        idle = [r for r in self.runners.values() if r.refs == 0]
+        if not has_room(len(self.runners) - len(idle), self.config.max_loaded):
+            return 0
+        return max(free + sum(r.need for r in idle), 0)
 
     # -- the one way in -----------------------------------------------------------------------
 
@@ -480,7 +499,7 @@ class Scheduler:
             return
         self.queue.append(Waiting(event.request, event.key, event.model, event.shape,
                                   event.keep_alive, event.default_keep_alive, now,
-                                  event.copies))
+                                  event.copies, event.wait_for_room))
 
     def _attach(self, runner: Runner, request: int, keep_alive: float | None,
                 waited_for_load: bool, emit: _Effects) -> None:
@@ -577,8 +596,13 @@ class Scheduler:
             if not self.runners:
                 self._fail_wanting(wanted, ModelTooLargeError(first.model, need, free), emit)
                 return
+            if (not self._room_without_waiting(wanted, need, free, emit)
+                    and not any(w.wants == wanted for w in self.queue)):
+                return  # every waiter would rather be refused than wait: they were
+            waits = any(w.wants == wanted and w.wait_for_room for w in self.queue)
             views = [RunnerView(str(r.id), r.refs, r.keep_alive)
-                     for r in self.runners.values() if not r.draining]
+                     for r in self.runners.values()
+                     if not r.draining and (waits or r.refs == 0)]
             # Prefer a victim no queued request wants: it would only be reloaded at once.
             spare = {str(r.id) for r in self.runners.values()
                      if any(w.key == r.key for w in self.queue)}
@@ -618,6 +642,20 @@ class Scheduler:
                      f"({event.error}); its running copies take its requests"))
             return
         self._fail_wanting((runner.key, runner.shape), event.error, emit)
+
+    def _room_without_waiting(self, wanted: tuple[str, Shape], need: int, free: int,
+                              emit: _Effects) -> bool:
+        """Whether unloading idle runners alone makes room for ``need``. If not, the waiters
+        that would rather be refused than wait for busy runners (a fleet's) are refused."""
+        idle = [r for r in self.runners.values() if r.refs == 0]
+        room = free + sum(r.need for r in idle)
+        if need <= room and has_room(len(self.runners) - len(idle), self.config.max_loaded):
+            return True
+        refused = [w for w in self.queue if w.wants == wanted and not w.wait_for_room]
+        for pending in refused:
+            self.queue.remove(pending)
+            emit(Fail(pending.request, NoRoomError(pending.model, need, max(room, 0))))
+        return False
 
     def _fail_wanting(self, wanted: tuple[str, Shape], error: Exception,
                       emit: _Effects) -> None:

@@ -27,11 +27,15 @@ class RunnerOptions:
     gpu_layers: int | str | None = None
     args: tuple[str, ...] | None = None
     here: bool = False  # this node's runners only: a request another node handed over
+    # False: a load that would wait for busy runners is refused (503) instead (a fleet's)
+    wait_for_room: bool = True
 
 
 # Node-to-node hops: POST {HOP_PREFIX}{mode or "primary"}{runner path} on the serving node.
 HOP_PREFIX = b"/_node/"
 PRIMARY = "primary"
+# The request's keep_alive, in seconds, on a hop: the first node took it out of the body.
+KEEP_ALIVE_HEADER = b"x-switchboard-keep-alive"
 
 
 def hop_prefix(mode: RunnerMode | None) -> bytes:

@@ -333,7 +333,8 @@ class Supervisor:
         default_keep_alive = (config.keep_alive if config.keep_alive is not None
                               else self._settings.keep_alive)
         self._feed(Requested(request, runner_key(canonical, shape.mode), model, shape,
-                             keep_alive, default_keep_alive, self._copies(config)))
+                             keep_alive, default_keep_alive, self._copies(config),
+                             (options or RunnerOptions()).wait_for_room))
         outcome = pending.outcome
         if outcome is None:  # queued: wait for the scheduler's grant
             pending.future = asyncio.get_running_loop().create_future()
@@ -396,6 +397,10 @@ class Supervisor:
             self._feed(PrepareFailed(effect.key, effect.shape, exc))
             return
         self._feed(Prepared(effect.key, effect.shape, need, memory))
+
+    def room(self) -> int:
+        """Bytes a new runner could have here now without waiting for a request."""
+        return self.scheduler.room(self._sample_memory())
 
     def _sample_memory(self) -> Memory:
         total, available = self._memory()

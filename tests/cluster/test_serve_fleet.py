@@ -4,6 +4,7 @@ cannot work are refused in one line before anything starts."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -11,9 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
 import orjson
 import pytest
+from anthropic.types import MessageParam
 
 from tests.cluster.conftest import NatsServer
 from tests.e2e.server import Served, environment, gemma_models, start_server, wait_until
@@ -89,11 +93,15 @@ def test_fleet_settings_that_cannot_work_are_refused_in_one_line(
 @pytest.fixture
 def split_fleet(tmp_path: Path, gemma_path: Path,
                 nats_server: NatsServer) -> Iterator[list[Served]]:
-    """Node a serves "only-a", node b "only-b": the same real model under two names."""
+    """Node a serves "only-a", node b "only-b" and the reranker "rank-b": the same real model
+    under other names."""
     nodes = []
     try:
         for name in ("a", "b"):
             models = {f"only-{name}": gemma_models(gemma_path)["gemma3:270m"] | {"aliases": []}}
+            if name == "b":
+                models["rank-b"] = {"source": str(gemma_path), "ctx_size": 1024,
+                                    "reranking": True}
             nodes.append(start_server(tmp_path / name, models, {
                 "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
                 "SWITCHBOARD_NODE_TTL": TTL, "SWITCHBOARD_CLUSTER_KEY": "fleet-key"}))
@@ -108,7 +116,7 @@ def test_a_model_of_another_node_is_served_through_this_one_in_every_family(
     a, b = split_fleet
     assert wait_until(lambda: _names(a) == ["a", "b"], 15)
     models = [m["id"] for m in httpx.get(f"{a.url}/v1/models", timeout=5).json()["data"]]
-    assert models == ["only-a", "only-b"]
+    assert models == ["only-a", "only-b", "rank-b"]
     chat = httpx.post(f"{a.url}/v1/chat/completions", timeout=120, json={
         "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
         "max_tokens": 8})
@@ -117,9 +125,12 @@ def test_a_model_of_another_node_is_served_through_this_one_in_every_family(
     # Translated once, on a: b sees an OpenAI-shaped request and answers it as such.
     ollama = httpx.post(f"{a.url}/api/chat", timeout=120, json={
         "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
-        "stream": False, "options": {"num_predict": 8}})
+        "stream": False, "options": {"num_predict": 8}, "keep_alive": "10m"})
     assert ollama.status_code == 200, ollama.text
     assert ollama.json()["done"] is True and ollama.json()["message"]["content"]
+    # keep_alive is ours, not the runner's: a takes it out of the body, b applies it.
+    (held,) = httpx.get(f"{b.url}/api/ps", timeout=5).json()["models"]
+    assert held["keep_alive"] == 600
     streamed = httpx.post(f"{a.url}/v1/chat/completions", timeout=120, json={
         "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}],
         "max_tokens": 8, "stream": True})
@@ -130,6 +141,48 @@ def test_a_model_of_another_node_is_served_through_this_one_in_every_family(
     assert ran[1] == [("only-b", "b")]
     assert wait_until(lambda: [(r["name"], r["node"]) for r in httpx.get(
         f"{a.url}/api/ps", timeout=5).json()["models"]] == [("only-b", "b")], 10)
+
+
+def test_the_other_api_families_cross_a_hop_translated_once_on_the_first_node(
+        split_fleet: list[Served]) -> None:
+    a, b = split_fleet
+    assert wait_until(lambda: _names(a) == ["a", "b"], 15)
+    hi: list[MessageParam] = [{"role": "user", "content": "Say hi"}]
+    with anthropic.Anthropic(base_url=a.url, api_key="unused", max_retries=0,
+                             timeout=120) as claude:
+        message = claude.messages.create(model="only-b", max_tokens=8, messages=hi)
+        assert message.model == "only-b" and message.content[0].type == "text"
+        with claude.messages.stream(model="only-b", max_tokens=8, messages=hi) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message().content[0]
+        assert text and final.type == "text" and final.text == text
+        assert claude.messages.count_tokens(model="only-b", messages=hi).input_tokens > 0
+    with openai.OpenAI(base_url=f"{a.url}/v1", api_key="unused", max_retries=0,
+                       timeout=120) as oai:
+        response = oai.responses.create(model="only-b", input="Say hi", max_output_tokens=8)
+        assert response.status == "completed" and response.output_text
+        events = [e.type for e in oai.responses.create(
+            model="only-b", input="Say hi", max_output_tokens=8, stream=True)]
+        assert events[0] == "response.created" and events[-1] == "response.completed"
+    counted = httpx.post(f"{a.url}/v1/responses/input_tokens", timeout=60,
+                         json={"model": "only-b", "input": "hello there"})
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
+    documents = ["A cat is a small feline.", "Paris is in France."]
+    ranked = httpx.post(f"{a.url}/v1/rerank", timeout=120, json={
+        "model": "rank-b", "query": "What is a cat?", "documents": documents})
+    assert ranked.status_code == 200, ranked.text
+    assert sorted(r["index"] for r in ranked.json()["results"]) == [0, 1]
+    tokens = httpx.post(f"{a.url}/tokenize", timeout=60,
+                        json={"model": "only-b", "content": "hello world"}).json()["tokens"]
+    assert tokens and all(isinstance(t, int) for t in tokens)
+    said = httpx.post(f"{a.url}/detokenize", timeout=60,
+                      json={"model": "only-b", "tokens": tokens}).json()["content"]
+    assert said.strip() == "hello world"
+    # Every runner is b's: a ran nothing of its own.
+    ran = sorted((r["name"], r["node"]) for r in
+                 httpx.get(f"{b.url}/api/ps", timeout=5).json()["models"])
+    assert ran == [("only-b", "b"), ("rank-b", "b")]
+    assert "Traceback" not in a.log_text() + b.log_text()
 
 
 def test_a_forged_hop_without_the_cluster_key_is_refused(split_fleet: list[Served]) -> None:
@@ -234,7 +287,10 @@ def test_a_first_request_on_two_nodes_at_once_loads_one_copy_for_the_fleet(
     a, b = _shared_fleet(tmp_path, gemma_path, nats_server)
     try:
         assert _ask_all([a.url, b.url, a.url, b.url], 8) == [200] * 4
-        assert len(_copies(a)) == 1, _copies(a)  # replicas 1: one load, claimed in NATS
+        # replicas 1: one load, claimed in NATS (a's view of b lags by up to a heartbeat)
+        assert wait_until(lambda: len(_copies(a)) == 1, 5), _copies(a)
+        assert _copies(a) == _copies(b) and "runner start" in a.log_text() + b.log_text()
+        assert (a.log_text() + b.log_text()).count("runner start") == 1
         loader = _copies(a)[0]
         other = b if loader == "a" else a
         assert [r["name"] for r in httpx.get(f"{other.url}/api/ps", timeout=5).json()[
@@ -307,3 +363,57 @@ def test_two_nodes_pulling_one_model_into_one_store_at_once_corrupt_nothing(
         tiny_registry.rate = None
         for served in nodes:
             served.stop()
+
+
+@contextlib.contextmanager
+def _slot_held(url: str, model: str) -> Iterator[None]:
+    """A stream that keeps ``model``'s one slot busy until the block ends."""
+    with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=60, json={
+            "model": model, "messages": [{"role": "user", "content": "Count to a thousand"}],
+            "max_tokens": 4000, "stream": True}) as answer:
+        assert answer.status_code == 200
+        lines = answer.iter_lines()  # held: a dropped iterator would close the stream
+        assert next(lines).startswith("data: ")  # it runs: the slot is taken
+        yield
+
+
+def test_a_model_no_node_has_room_for_is_a_503_with_retry_after_and_loads_where_room_frees(
+        tmp_path: Path, gemma_path: Path, nats_server: NatsServer) -> None:
+    one = gemma_models(gemma_path)["gemma3:270m"] | {"aliases": [], "parallel": 1}
+    models = {name: one for name in ("m1", "m2", "m3")}
+    nodes = []
+    try:
+        for name in ("a", "b"):  # room for one runner each
+            nodes.append(start_server(tmp_path / name, models, {
+                "SWITCHBOARD_CLUSTER": nats_server.url, "SWITCHBOARD_NODE_NAME": name,
+                "SWITCHBOARD_NODE_TTL": TTL, "SWITCHBOARD_MAX_LOADED_MODELS": "1"}))
+        a, b = nodes
+        assert wait_until(lambda: _names(a) == ["a", "b"], 15)
+        with contextlib.ExitStack() as held:
+            held.enter_context(_slot_held(a.url, "m1"))
+            b_held = held.enter_context(contextlib.ExitStack())
+            b_held.enter_context(_slot_held(b.url, "m2"))
+            assert wait_until(lambda: _copies(a) == ["a", "b"], 10)
+            ask = {"model": "m3", "messages": [{"role": "user", "content": "Say hi"}],
+                   "max_tokens": 4}
+            refused = httpx.post(f"{a.url}/v1/chat/completions", json=ask, timeout=60)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "no_room"
+            assert int(refused.headers["retry-after"]) > 0
+            ollama = httpx.post(f"{a.url}/api/chat", timeout=60, json={
+                "model": "m3", "messages": ask["messages"], "stream": False})
+            assert ollama.status_code == 503 and "no room for model 'm3'" in ollama.json()["error"]
+            b_held.close()  # b's runner goes idle: b has room, by unloading it
+
+            def b_has_room() -> bool:
+                listed = httpx.get(f"{a.url}/api/nodes", timeout=5).json()["nodes"]
+                return any(n["name"] == "b" and n["memory"]["room"] > 0 for n in listed)
+
+            assert wait_until(b_has_room, 15)
+            served = httpx.post(f"{a.url}/v1/chat/completions", json=ask, timeout=120)
+            assert served.status_code == 200, served.text
+            ps = httpx.get(f"{b.url}/api/ps", timeout=5).json()["models"]
+            assert [(m["name"], m["node"]) for m in ps if m["node"] == "b"] == [("m3", "b")]
+    finally:
+        for served_node in nodes:
+            served_node.stop()

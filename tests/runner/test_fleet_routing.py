@@ -61,6 +61,17 @@ def test_a_model_only_elsewhere_loads_on_the_node_with_most_free_memory() -> Non
     assert route.reason == "load there"
 
 
+def test_a_new_copy_goes_where_idle_runners_make_room_not_where_ram_is_free() -> None:
+    # "room" is free memory plus what idle runners hold: a node full of idle runners beats
+    # one whose RAM is free but whose budget is held by busy ones.
+    busy = NodeRecord("busy", "http://busy:8080", "v", ("m",),
+                      memory={"ram_available": 64 << 30, "room": 0})
+    idle = NodeRecord("idle", "http://idle:8080", "v", ("m",),
+                      memory={"ram_available": 1 << 30, "room": 6 << 30})
+    route = choose(_node("me", models=()), [busy, idle], "m", CHAT, False, random.Random(1))
+    assert route is not None and route.node is not None and route.node.name == "idle"
+
+
 def test_a_model_nobody_has_is_none() -> None:
     assert choose(_node("me"), [_node("x")], "zzz", CHAT, False, random.Random(1)) is None
 

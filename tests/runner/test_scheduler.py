@@ -9,7 +9,13 @@ import ast
 from pathlib import Path
 from typing import TypeVar
 
-from runner.errors import ModelInUseError, ModelTooLargeError, QueueFullError, ShuttingDownError
+from runner.errors import (
+    ModelInUseError,
+    ModelTooLargeError,
+    NoRoomError,
+    QueueFullError,
+    ShuttingDownError,
+)
 from runner.modes import RunnerMode
 from runner.scheduler import (
     Drain,
@@ -68,9 +74,11 @@ class Driver:
         return out
 
     def request(self, key: str, keep_alive: float | None = None, shape: Shape = SHAPE,
-                default_keep_alive: float = 300.0, copies: int = 1) -> int:
+                default_keep_alive: float = 300.0, copies: int = 1,
+                wait_for_room: bool = True) -> int:
         self.ids += 1
-        self.feed(Requested(self.ids, key, key, shape, keep_alive, default_keep_alive, copies))
+        self.feed(Requested(self.ids, key, key, shape, keep_alive, default_keep_alive, copies,
+                            wait_for_room))
         return self.ids
 
     def load(self, key: str, shape: Shape = SHAPE, steady: int | None = None) -> int:
@@ -175,6 +183,43 @@ def test_alternating_traffic_is_collated_into_batches_behind_a_drain() -> None:
     d.feed(Stopped(a))
     b = d.load("b")
     assert {g.request for g in d.all(Grant) if g.runner == b} == {b1, b2}
+
+
+def test_a_fleet_load_that_would_wait_for_a_busy_runner_is_refused_with_no_room() -> None:
+    d = Driver(SchedulerConfig(memory_budget=150 * MiB))
+    d.request("a")
+    a = d.load("a")  # busy: its request is still in flight
+    assert d.scheduler.room(PLENTY) == 50 * MiB
+    b = d.request("b", wait_for_room=False)
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))
+    fail = d.last(Fail)
+    assert fail.request == b and isinstance(fail.error, NoRoomError)
+    assert fail.error.retry_after > 0 and not d.all(Drain)  # a keeps serving, undisturbed
+    assert d.scheduler.queue == [] and a in d.scheduler.runners
+
+
+def test_a_fleet_load_unloads_an_idle_runner_for_room_as_any_load_does() -> None:
+    d = Driver(SchedulerConfig(memory_budget=150 * MiB))
+    first = d.request("a")
+    a = d.load("a")
+    d.feed(Released(first))  # idle: it may go
+    assert d.scheduler.room(PLENTY) == 150 * MiB
+    d.request("b", wait_for_room=False)
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))
+    assert d.last(Stop).runner == a and not d.all(Fail)
+
+
+def test_a_load_that_may_wait_still_drains_the_busy_runner_beside_a_fleet_one() -> None:
+    d = Driver(SchedulerConfig(max_loaded=1))
+    d.request("a")
+    a = d.load("a")
+    assert d.scheduler.room(PLENTY) == 0  # the count cap, held by a busy runner
+    refused = d.request("b", wait_for_room=False)
+    waits = d.request("b")
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))
+    assert [f.request for f in d.all(Fail)] == [refused]
+    assert d.last(Drain) == Drain(a, "to make room", 1)
+    assert [w.request for w in d.scheduler.queue] == [waits]
 
 
 def test_a_model_too_large_even_alone_is_refused_and_drains_nothing() -> None:
