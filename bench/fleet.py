@@ -26,6 +26,7 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,16 @@ import orjson
 import uvloop
 
 from bench.load import Target, chat_body, one, percentile
-from bench.peers import STUB_ENV, Peer, added_latency, machine_facts, ms, stub_wrapper, table
+from bench.peers import (
+    STUB_ENV,
+    Peer,
+    added_latency,
+    machine_facts,
+    ms,
+    start_floor,
+    stub_wrapper,
+    table,
+)
 from gateway.upstream import UpstreamPool
 from tests.cluster.conftest import NatsServer
 from tests.e2e.server import Served, free_port, start_server, wait_until
@@ -99,8 +109,12 @@ def _copies(served: Served, model: str) -> list[str]:
 # -- 1. the hop ---------------------------------------------------------------------------------
 
 
+HOP, FLOOR, DIRECT = "a → b (one hop)", "bare Hypercorn relay → b", "b directly"
+
+
 def hop(work: Path, requests: int) -> dict[str, Any]:
     fleet = Fleet(work / "hop")
+    floors: list[Peer] = []
     try:
         a = fleet.start("a", {"here": {}})
         b = fleet.start("b", {"m": {}})
@@ -108,15 +122,21 @@ def hop(work: Path, requests: int) -> dict[str, Any]:
         _ask(b.url, "m")  # loaded on b, and in a's view
         if not wait_until(lambda: _copies(a, "m") == ["b"], 10):
             raise RuntimeError("a never saw b's copy")
-        peers = [Peer("a → b (one hop)", a.url, "m", a.proc.pid, lambda: None),
-                 Peer("b directly", b.url, "m", b.proc.pid, lambda: None)]
+        direct = Peer(DIRECT, b.url, "m", b.proc.pid, lambda: None)
+        # The floor of any hop on this stack: a bare Hypercorn app relaying to b through the
+        # same pooled client, no middleware, routing or validation (bench.floor).
+        floor = replace(start_floor("relay", work / "hop", direct), name=FLOOR, model="m")
+        floors.append(floor)
+        peers = [Peer(HOP, a.url, "m", a.proc.pid, lambda: None), floor, direct]
         samples = uvloop.run(added_latency(peers, requests, 1, chat_body("m")))
     finally:
+        for started in floors:
+            started.stop()
         fleet.close()
     p50 = {name: percentile(lat, 50) for name, lat in samples.items()}
-    added = p50["a → b (one hop)"] - p50["b directly"]
     return {"p50": p50, "p99": {n: percentile(lat, 99) for n, lat in samples.items()},
-            "added_p50": added, "requests": min(len(lat) for lat in samples.values())}
+            "added_p50": p50[HOP] - p50[DIRECT], "floor_p50": p50[FLOOR] - p50[DIRECT],
+            "requests": min(len(lat) for lat in samples.values())}
 
 
 # -- 2. a node's death ----------------------------------------------------------------------------
@@ -258,7 +278,9 @@ def report(results: dict[str, Any]) -> tuple[str, list[str]]:
         "",
         f"A hop adds **{h['added_p50'] * 1e3:.3f} ms** at p50 over asking the serving node "
         f"directly ({h['requests']} requests each, one client, interleaved blocks; target "
-        "≤ 1 ms).",
+        f"≤ 1 ms). A bare Hypercorn app relaying to b, the floor of any hop on this stack, "
+        f"adds {h['floor_p50'] * 1e3:.3f} ms: the fleet's own layers on a (routing, "
+        f"validation, middleware) cost {(h['added_p50'] - h['floor_p50']) * 1e3:.3f} ms over it.",
         "",
         "## A node's death",
         "",

@@ -50,7 +50,7 @@ async def one(pool: UpstreamPool, target: Target, body: bytes,
         response.release()
     seconds = time.perf_counter() - started
     if response.status != 200:
-        raise RuntimeError(f"{target.url} answered {response.status}")
+        raise RuntimeError(f"{target.url} answered {response.status}: {answer[:300]!r}")
     return seconds, answer
 
 

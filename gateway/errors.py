@@ -149,6 +149,9 @@ def service_error(exc: service.ServiceError, model: str | None = None) -> APIErr
         case service.QueueFullError():
             return APIError(503, str(exc), code="queue_full",
                             headers={"Retry-After": str(exc.retry_after)})
+        case service.NodesUnreachableError():
+            return APIError(503, str(exc), code="nodes_unreachable",
+                            headers={"Retry-After": str(exc.retry_after)})
         case service.NoRoomError():
             return APIError(503, str(exc), code="no_room",
                             headers={"Retry-After": str(exc.retry_after)})

@@ -87,6 +87,19 @@ class NoRoomError(ServiceError, RuntimeError):
         self.retry_after = retry_after
 
 
+class NodesUnreachableError(ServiceError, RuntimeError):
+    """The model is only on nodes that just failed to answer: retry once they are back or
+    have left the fleet's view."""
+
+    def __init__(self, model: str, nodes: list[str], retry_after: int) -> None:
+        super().__init__(
+            f"model '{model}' is only on node(s) {', '.join(nodes)}, which did not answer "
+            "just now; retry shortly"
+        )
+        self.model = model
+        self.retry_after = retry_after
+
+
 class ModelInUseError(ServiceError, RuntimeError):
     """The model has requests in flight or waiting, or is loading: it cannot be removed now."""
 

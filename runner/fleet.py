@@ -11,6 +11,7 @@ and only here, so a request crosses at most one hop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -20,7 +21,12 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from runner.cluster_config import ClusterConfig
-from runner.errors import ModelNotFoundError, NoRoomError
+from runner.errors import (
+    ModelNotFoundError,
+    NodesUnreachableError,
+    NoRoomError,
+    ServiceError,
+)
 from runner.fleet_routing import Route, choose, room
 from runner.load_claims import LoadClaims, claim_key
 from runner.local_service import LocalModelService
@@ -81,6 +87,12 @@ class FleetModelService(LocalModelService):
         del self._avoid[node]  # it has published since, and a TTL has passed: try it again
         return False
 
+    def _unreachable_with(self, model: str) -> list[str]:
+        """The avoided nodes that have ``model``."""
+        return [record.name for record in self._membership.nodes()
+                if record.name in self._avoid and self._avoided(record.name)
+                and model in record.models]
+
     def fleet_runners(self) -> list[RunnerInfo]:
         return self.loaded() + [runner for record in self._others() for runner in record.runners]
 
@@ -130,7 +142,11 @@ class FleetModelService(LocalModelService):
         route = choose(me, others, name, options.mode, canonical is not None, self._rng,
                        replicas)
         if route is None:
-            return _refused(model)
+            unreachable = self._unreachable_with(name) if canonical is None else []
+            if unreachable:  # its nodes failed a hop just now: not a 404, a retry later
+                return _refused(NodesUnreachableError(
+                    model, unreachable, max(int(self._settings.node_ttl), 1)))
+            return _refused(ModelNotFoundError(model))
         if route.load:
             return self._claimed(route, me, others, name, model, options, keep_alive, replicas)
         return self._routed(route, name, model, options, keep_alive)
@@ -195,10 +211,16 @@ class FleetModelService(LocalModelService):
     @contextlib.asynccontextmanager
     async def _remote(self, node: NodeRecord, canonical: str, requested: str,
                       options: RunnerOptions) -> AsyncIterator[Lease]:
-        url = urlsplit(node.url)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        yield Lease(canonical, requested, url.hostname or "", port, self._fleet.key or "",
+        host, port = _address(node.url)
+        yield Lease(canonical, requested, host, port, self._fleet.key or "",
                     REMOTE_CONNECTIONS, node=node.name, path_prefix=hop_prefix(options.mode))
+
+
+@functools.lru_cache(maxsize=256)
+def _address(url: str) -> tuple[str, int]:
+    """(host, port) of a node's advertised URL, parsed once per URL, not per request."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _roomiest_with(others: list[NodeRecord], model: str) -> NodeRecord | None:
@@ -207,6 +229,6 @@ def _roomiest_with(others: list[NodeRecord], model: str) -> NodeRecord | None:
 
 
 @contextlib.asynccontextmanager
-async def _refused(model: str) -> AsyncIterator[Lease]:
-    raise ModelNotFoundError(model)
+async def _refused(error: ServiceError) -> AsyncIterator[Lease]:
+    raise error
     yield  # an async generator, so the refusal comes when the lease is taken

@@ -32,6 +32,7 @@ LICENSE_MEDIA = "application/vnd.ollama.image.license"
 SYSTEM_MEDIA = "application/vnd.ollama.image.system"
 MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
+_NAMES_KEPT = 4096  # parsed names kept by ModelStore.find before it starts afresh
 
 
 class Layer(BaseModel):
@@ -101,6 +102,9 @@ class ModelStore:
         self.manifests_dir = root / "manifests"
         self.partial_dir = root / "partial"
         self._parsed: dict[Path, tuple[tuple[int, int], StoredModel]] = {}
+        # A name as typed → its parse, or None if invalid: pure, and asked per request (a
+        # fleet asks it of every name another node serves). Bounded: names come from clients.
+        self._names: dict[str, tuple[ModelName, Path] | None] = {}
 
     def parse_name(self, text: str) -> ModelName:
         return ModelName.parse(text, self.default_host)
@@ -127,7 +131,9 @@ class ModelStore:
     def get(self, name: ModelName) -> StoredModel | None:
         """The stored model of that name, or None. Parsed once per manifest version: request
         routing asks this for every request to a store model."""
-        path = self.manifest_path(name)
+        return self._get_at(name, self.manifest_path(name))
+
+    def _get_at(self, name: ModelName, path: Path) -> StoredModel | None:
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -152,11 +158,18 @@ class ModelStore:
 
     def find(self, text: str) -> StoredModel | None:
         """Like :meth:`get` for a name as a user typed it; None if it is not a valid name."""
-        try:
-            name = self.parse_name(text)
-        except InvalidNameError:
-            return None
-        return self.get(name)
+        if text in self._names:
+            known = self._names[text]
+        else:
+            try:
+                name = self.parse_name(text)
+                known = (name, self.manifest_path(name))
+            except InvalidNameError:
+                known = None
+            if len(self._names) >= _NAMES_KEPT:
+                self._names.clear()
+            self._names[text] = known
+        return self._get_at(*known) if known is not None else None
 
     def require(self, text: str) -> StoredModel:
         model = self.get(self.parse_name(text))

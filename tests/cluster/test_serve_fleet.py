@@ -225,6 +225,24 @@ def test_a_node_dead_before_it_answered_costs_the_client_nothing(
             served.stop()
 
 
+def test_a_model_only_on_a_node_that_just_died_is_a_503_to_retry_not_a_404(
+        split_fleet: list[Served]) -> None:
+    a, b = split_fleet
+    assert wait_until(lambda: _names(a) == ["a", "b"], 15)
+    b.stop(signal.SIGKILL)  # still in a's view for up to its TTL
+    answer = httpx.post(f"{a.url}/v1/chat/completions", timeout=60, json={
+        "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}]})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "nodes_unreachable"
+    assert "node(s) b" in answer.json()["error"]["message"]
+    assert int(answer.headers["retry-after"]) >= 1
+    # Once b's record is gone, the model is unknown to the fleet: now a 404.
+    assert wait_until(lambda: _names(a) == ["a"], 10)
+    gone = httpx.post(f"{a.url}/v1/chat/completions", timeout=60, json={
+        "model": "only-b", "messages": [{"role": "user", "content": "Say hi"}]})
+    assert gone.status_code == 404
+
+
 @pytest.mark.parametrize(("route", "body", "ends_with"), [
     ("/v1/chat/completions", {"stream": True, "max_tokens": 2000}, '"error"'),
     ("/api/chat", {"stream": True, "options": {"num_predict": 2000}}, '"error"'),
