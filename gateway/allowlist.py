@@ -84,7 +84,7 @@ FIELDS: dict[bytes, frozenset[str]] = {
 }
 # Paths that evaluate a prompt in one slot: only these are checked against the context (an
 # embeddings batch or a rerank evaluates each input on its own).
-_GENERATING = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/responses",
+GENERATING = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/responses",
                          b"/v1/messages"})
 # Fields whose text becomes the prompt: their string bytes bound its tokens from below.
 _PROMPT_FIELDS = ("messages", "prompt", "input", "system", "instructions", "tools",
@@ -420,7 +420,7 @@ class Allowlist:
                 check(name, value)
             elif isinstance(value, dict | list):
                 self._nesting(name, value)  # whatever it is, it must not be deep
-        if path in _GENERATING:
+        if path in GENERATING:
             for name in _PROMPT_FIELDS:
                 value = data.get(name)
                 if value is not None:

@@ -15,13 +15,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway.allowlist import check_fits
+from gateway.affinity import opening_key
+from gateway.allowlist import GENERATING, check_fits
 from gateway.direct_write import chunked_writer, client_closer
 from gateway.errors import (
     APIError,
@@ -241,6 +243,12 @@ class Relay:
         if present or edited or vetted.edited:
             body = orjson.dumps(data)
         settings = state.settings
+        if (settings.cluster and settings.affinity_min_bytes and path in GENERATING
+                and vetted.prompt_bytes >= settings.affinity_min_bytes
+                and not (options is not None and options.here)):  # a hop's node: routed
+            key = opening_key(data)
+            if key is not None:
+                options = replace(options or RunnerOptions(), affinity=key)
         return cls(state.service, state.upstream, model, path, body, stream, keep_alive,
                    options, state.metrics, settings.stream_idle_timeout or None,
                    dialect_of(request.scope["path"]), translation, settings.load_ping or None,

@@ -140,7 +140,7 @@ class FleetModelService(LocalModelService):
             options = replace(options, wait_for_room=False)
         replicas = self._replicas(name, others)
         route = choose(me, others, name, options.mode, canonical is not None, self._rng,
-                       replicas)
+                       replicas, affinity=options.affinity)
         if route is None:
             unreachable = self._unreachable_with(name) if canonical is None else []
             if unreachable:  # its nodes failed a hop just now: not a 404, a retry later

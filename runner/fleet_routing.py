@@ -13,11 +13,17 @@ In order:
    claimed somewhere: one load per model at a time, fleet-wide): the least busy copy, this
    node's on a tie, where the request queues; with no copy yet, the node loading one.
 
+Before all of these, a request that carries a conversation's key (``affinity``) goes to the
+copy that key ranks first, within a bound on its load (:func:`by_affinity`): that copy holds
+the conversation's prompt in cache.
+
 None: nobody in the fleet has the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,9 +69,14 @@ def _roomiest(records: Sequence[NodeRecord]) -> NodeRecord:
 
 def choose(me: NodeRecord, others: Sequence[NodeRecord], model: str, mode: RunnerMode | None,
            here_can_load: bool, rng: random.Random, replicas: int = 1,
-           loading_at: str | None = None) -> Route | None:
+           loading_at: str | None = None, affinity: bytes | None = None) -> Route | None:
     """The route for one request. ``me`` is this node's live record, ``others`` the view of
-    the rest; ``loading_at`` names the node a claimed load of this model is for, if any."""
+    the rest; ``loading_at`` names the node a claimed load of this model is for, if any;
+    ``affinity`` the hash of the conversation's opening (:func:`by_affinity`)."""
+    if affinity is not None:
+        route = by_affinity(me, others, model, mode, affinity)
+        if route is not None:
+            return route
     busy, slots = free_slots(me, model, mode)
     if busy < slots:
         return Route(None, "free copy here")
@@ -108,6 +119,43 @@ def choose(me: NodeRecord, others: Sequence[NodeRecord], model: str, mode: Runne
     if not having:
         return None
     return Route(_roomiest(having), "load there")
+
+
+def by_affinity(me: NodeRecord, others: Sequence[NodeRecord], model: str,
+                mode: RunnerMode | None, affinity: bytes) -> Route | None:
+    """The copy a conversation's follow-ups go to, so they find its prompt in cache:
+    consistent hashing with bounded loads. Every node holding a copy is ranked by a hash of
+    the conversation's key and its name (rendezvous hashing: every node computes the same
+    order, and a node joining or leaving moves only the conversations it ranks first); the
+    first whose load (requests in flight and queued), with this one, stays within
+    ``LOAD_BOUND`` times its share of the fleet's takes it, even with no slot free: a slot
+    there frees soon (the view's busy counts lag by a heartbeat), and the cache saves more
+    than the wait. None: no copy qualifies, and the usual order decides."""
+    holding = []
+    total_load = total_slots = 0
+    for record in (me, *others):
+        busy, slots = free_slots(record, model, mode)
+        if slots:
+            load = busy + record.queue_depth
+            holding.append((_rank(affinity, record.name), load, slots, record))
+            total_load += load
+            total_slots += slots
+    if len(holding) < 2:
+        return None  # one copy or none: nothing to choose between
+    for _, load, slots, record in sorted(holding, key=lambda h: h[0], reverse=True):
+        if load + 1 <= math.ceil(LOAD_BOUND * (total_load + 1) * slots / total_slots):
+            return Route(None if record is me else record, "affinity")
+    return None
+
+
+# How far over its share of the load a conversation's copy may be and still take it: the
+# bounded-loads paper's c (Mirrokni, Thorup, Zadimoghaddam, 2018); 1.25 keeps every copy
+# within a quarter of the mean while moving few conversations.
+LOAD_BOUND = 1.25
+
+
+def _rank(affinity: bytes, node: str) -> bytes:
+    return hashlib.blake2b(affinity + node.encode(), digest_size=8).digest()
 
 
 def busy_share(record: NodeRecord, model: str, mode: RunnerMode | None) -> float:

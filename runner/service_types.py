@@ -29,6 +29,8 @@ class RunnerOptions:
     here: bool = False  # this node's runners only: a request another node handed over
     # False: a load that would wait for busy runners is refused (503) instead (a fleet's)
     wait_for_room: bool = True
+    # A fleet's: the hash of the conversation's opening, to reach the copy holding its cache
+    affinity: bytes | None = None
 
 
 # Node-to-node hops: POST {HOP_PREFIX}{mode or "primary"}{runner path} on the serving node.

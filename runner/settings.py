@@ -343,6 +343,10 @@ class Settings(BaseModel):
         1, ge=1, le=5, description="JetStream copies of the fleet's buckets: 3 with three NATS "
         "servers, so the fleet outlives one"
     )
+    affinity_min_bytes: int = Field(
+        256, ge=0, description="in a fleet, a prompt of this many bytes or more goes to the "
+        "copy its conversation's opening hashes to (its prompt cache); 0 = off"
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )

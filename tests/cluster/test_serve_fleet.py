@@ -338,6 +338,34 @@ def test_a_model_of_two_replicas_runs_a_second_copy_when_the_first_is_full(
 
 
 
+def test_a_conversations_follow_up_at_another_node_finds_its_prompt_in_cache(
+        tmp_path: Path, gemma_path: Path, nats_server: NatsServer) -> None:
+    a, b = _shared_fleet(tmp_path, gemma_path, nats_server, replicas=2, parallel=1)
+    try:
+        assert _ask_all([a.url], 4) == [200]  # a copy on a; then, a full one: one on b
+        assert _ask_all([a.url] * 3, 48) == [200] * 3
+        assert wait_until(lambda: _copies(a) == ["a", "b"] == _copies(b), 10), _copies(a)
+        story = "The lighthouse keeper counted ships each night and wrote them down. " * 9
+        for n in range(4):  # without affinity, each follow-up is "a free copy here", on b
+            opening = [{"role": "system", "content": f"Conversation {n}. Answer briefly."},
+                       {"role": "user", "content": story}]
+            first = httpx.post(f"{a.url}/v1/chat/completions", timeout=120, json={
+                "model": "shared", "messages": opening, "max_tokens": 4, "temperature": 0})
+            assert first.status_code == 200, first.text
+            said = first.json()["choices"][0]["message"]["content"]
+            follow_up = httpx.post(f"{b.url}/v1/chat/completions", timeout=120, json={
+                "model": "shared", "max_tokens": 4, "temperature": 0, "messages": [
+                    *opening, {"role": "assistant", "content": said},
+                    {"role": "user", "content": "How many ships?"}]})
+            assert follow_up.status_code == 200, follow_up.text
+            prompt = first.json()["usage"]["prompt_tokens"]
+            cached = follow_up.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            assert cached >= prompt - 8, (n, prompt, cached)
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_two_nodes_pulling_one_model_into_one_store_at_once_corrupt_nothing(
         tmp_path: Path, gemma_path: Path, nats_server: NatsServer,
         tiny_registry: FakeRegistry) -> None:
@@ -391,7 +419,8 @@ def _slot_held(url: str, model: str) -> Iterator[None]:
             "max_tokens": 4000, "stream": True}) as answer:
         assert answer.status_code == 200
         lines = answer.iter_lines()  # held: a dropped iterator would close the stream
-        assert next(lines).startswith("data: ")  # it runs: the slot is taken
+        while not next(lines).startswith("data: "):  # past the load's pings: it runs
+            pass
         yield
 
 

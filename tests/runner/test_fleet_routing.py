@@ -133,3 +133,64 @@ def test_a_claimed_load_whose_node_left_the_view_loads_without_claiming_again() 
                    replicas=2, loading_at="gone")
     assert route is not None and not route.load and route.node is not None
     assert route.node.name == "x"
+
+
+def test_a_conversation_key_goes_to_the_same_copy_whichever_node_takes_it() -> None:
+    nodes = [_node(name, (0, 4)) for name in ("a", "b", "c")]
+    for key in (b"conv-1", b"conv-2", b"conv-3", b"conv-4"):
+        picked = set()
+        for me in nodes:  # each node in turn takes the request, the others in its view
+            others = [n for n in nodes if n is not me]
+            route = choose(me, others, "m", CHAT, True, random.Random(1), affinity=key)
+            assert route is not None and route.reason == "affinity"
+            picked.add(me.name if route.node is None else route.node.name)
+        assert len(picked) == 1, (key, picked)  # not "a free copy here" for each
+
+
+def test_conversation_keys_spread_over_the_copies() -> None:
+    nodes = [_node(name, (0, 4)) for name in ("a", "b", "c")]
+    picked: Counter[str] = Counter()
+    for i in range(600):
+        route = choose(nodes[0], nodes[1:], "m", CHAT, True, random.Random(1),
+                       affinity=f"conversation {i}".encode())
+        assert route is not None
+        picked["a" if route.node is None else route.node.name] += 1
+    assert all(150 < picked[name] < 250 for name in "abc"), picked
+
+
+def test_a_conversations_copy_over_its_share_of_the_load_passes_it_on() -> None:
+    key = b"busy conversation"
+    idle = [_node(name, (0, 4)) for name in ("a", "b")]
+    first = choose(idle[0], idle[1:], "m", CHAT, True, random.Random(1), affinity=key)
+    assert first is not None
+    favourite = "a" if first.node is None else first.node.name
+    # Its copy has 3 of 4 slots busy, the other none: 4 > ceil(1.25 * 4 / 2) = 3.
+    loaded = [_node(n, (3, 4) if n == favourite else (0, 4)) for n in ("a", "b")]
+    route = choose(loaded[0], loaded[1:], "m", CHAT, True, random.Random(1), affinity=key)
+    assert route is not None
+    assert ("a" if route.node is None else route.node.name) != favourite
+    # Within the bound it still goes there: 1 of 4 busy, 2 <= ceil(1.25 * 2 / 2) = 2.
+    within = [_node(n, (1, 4) if n == favourite else (0, 4)) for n in ("a", "b")]
+    route = choose(within[0], within[1:], "m", CHAT, True, random.Random(1), affinity=key)
+    assert route is not None and route.reason == "affinity"
+    assert ("a" if route.node is None else route.node.name) == favourite
+
+
+def test_a_single_copy_or_a_draining_one_leaves_affinity_to_the_usual_order() -> None:
+    route = choose(_node("me", (0, 4)), [_node("x", (0, 4), draining=True)], "m", CHAT, True,
+                   random.Random(1), affinity=b"k")
+    assert route is not None and route.reason == "free copy here"
+
+
+def test_a_conversations_copy_that_looks_full_but_is_within_its_share_still_takes_it() -> None:
+    # One slot each, the favourite's taken as of its last heartbeat: 2 <= ceil(1.25 * 2 / 2).
+    key = b"follow-up"
+    idle = [_node(name, (0, 1)) for name in ("a", "b")]
+    first = choose(idle[0], idle[1:], "m", CHAT, True, random.Random(1), affinity=key)
+    assert first is not None
+    favourite = "a" if first.node is None else first.node.name
+    nodes = [_node(n, (1, 1) if n == favourite else (0, 1)) for n in ("a", "b")]
+    me = next(n for n in nodes if n.name != favourite)  # asked at the other node
+    route = choose(me, [n for n in nodes if n is not me], "m", CHAT, True, random.Random(1),
+                   affinity=key)
+    assert route is not None and route.node is not None and route.node.name == favourite
