@@ -36,6 +36,7 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.request_body import require_model, take_keep_alive
+from gateway.request_defaults import apply_defaults
 from gateway.upstream import (
     UpstreamBusyError,
     UpstreamError,
@@ -388,6 +389,10 @@ class Relay:
             if self._translation is not None:
                 self._translation.begin(lease, waited)
             data, prompt_bytes = self._prompt
+            if not lease.path_prefix:  # ours to run: the model's own defaults go in now
+                defaults = self._service.request_defaults(lease.model)
+                if defaults and apply_defaults(self._path, data, defaults):
+                    self._body = orjson.dumps(data)
             check_fits(lease.context, data, prompt_bytes)
             await self._forward(lease, send)
 

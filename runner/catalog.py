@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from runner.model_layers import stored_config
 from runner.model_source import ModelPaths
 from runner.settings import ModelConfig, Settings
 from runner.store import ModelStore, StoredModel
@@ -22,6 +23,14 @@ class Entry(NamedTuple):
 
     canonical: str
     config: ModelConfig
+
+
+class Companions(NamedTuple):
+    """The GGUFs beside a model's own: what llama-server loads with it."""
+
+    projector: Path | None = None
+    draft: Path | None = None
+    adapters: tuple[tuple[Path, float], ...] = ()
 
 
 class Catalog:
@@ -54,7 +63,7 @@ class Catalog:
         key = str(stored.name)
         cached = self._stored.get(key)
         if cached is None or cached[0] is not stored:
-            cached = (stored, Entry(stored.display, ModelConfig(source=key)))
+            cached = (stored, Entry(stored.display, stored_config(self.store, stored, key)))
             self._stored[key] = cached
         return cached[1]
 
@@ -62,6 +71,14 @@ class Catalog:
         """The GGUF file a model runs from, checked to be whole (a packaged one is assembled
         on first use, off the event loop)."""
         return await self._paths.path(config.source)
+
+    async def companions(self, config: ModelConfig) -> Companions:
+        """The other GGUFs a model runs with (projector, draft, adapters), each resolved and
+        checked like the model's own."""
+        projector = await self._paths.path(config.projector) if config.projector else None
+        draft = await self._paths.path(config.draft) if config.draft else None
+        adapters = tuple([(await self._paths.path(a.source), a.scale) for a in config.adapters])
+        return Companions(projector, draft, adapters)
 
     def names(self) -> list[str]:
         """Every servable name: configured ones first, then stored ones not shadowed by them."""

@@ -22,6 +22,7 @@ from runner.errors import (
 )
 from runner.events import EventBus
 from runner.memory import gpu_library, gpus, system_memory
+from runner.model_defaults import RequestDefaults
 from runner.model_info import ModelDescriber, ModelFacts
 from runner.model_source import is_store_source
 from runner.payloads import Payloads, extract, find_system_binary
@@ -43,6 +44,7 @@ from runner.units import format_bytes
 from runner.variants import explain, read_cpu_flags
 
 log = logging.getLogger(__name__)
+NO_DEFAULTS = RequestDefaults()
 
 
 class LocalModelService:
@@ -132,6 +134,16 @@ class LocalModelService:
     def canonical(self, name: str) -> str | None:
         resolved = self._catalog.resolve(name)
         return resolved[0] if resolved is not None else None
+
+    def request_defaults(self, name: str) -> RequestDefaults:
+        resolved = self._catalog.resolve(name)
+        if resolved is None:
+            return NO_DEFAULTS
+        config = resolved.config
+        if not (config.system or config.messages or "stop" in config.options):
+            return NO_DEFAULTS
+        return RequestDefaults(config.system, config.messages,
+                               tuple(config.options.get("stop", ())))
 
     async def facts(self, name: str) -> ModelFacts:
         resolved = self._catalog.resolve(name)

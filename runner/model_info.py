@@ -44,7 +44,7 @@ class ModelFacts:
     context_length: int = 0
     embedding_length: int = 0
     template: str | None = None  # the Jinja chat template in use: configured, else the GGUF's
-    template_source: str = "none"  # "configured", "gguf" or "none"
+    template_source: str = "none"  # "configured", "gguf", "layer" (from its Go template), "none"
     metadata: dict[str, Scalar] = field(default_factory=dict)
     layers: dict[str, str] = field(default_factory=dict)  # Ollama's params/template/license
     problem: str | None = None  # why the header could not be read
@@ -60,13 +60,24 @@ class ModelFacts:
         found = []
         if RunnerMode.CHAT in modes:
             found.append("completion")
-            if self.template is not None and "tools" in self.template:
+            template = self.template or ""
+            if "tools" in template:
                 found.append("tools")
+            if any(mark in template for mark in _THINKING_MARKS):
+                found.append("thinking")
+            if self.config.projector:
+                found.append("vision")
+            if "tokenizer.ggml.fim_pre_token_id" in self.metadata:
+                found.append("insert")  # fill-in-the-middle tokens: /infill, Ollama's suffix
         if RunnerMode.EMBEDDINGS in modes:
             found.append("embedding")
         if RunnerMode.RERANKING in modes:
             found.append("rerank")
         return found
+
+
+# What a chat template that can think writes: the tags or switches of reasoning models.
+_THINKING_MARKS = ("<think>", "enable_thinking", "reasoning_content", "<|channel|>")
 
 
 def quantization_name(file_type: Scalar | None) -> str:
@@ -131,6 +142,10 @@ class ModelDescriber:
             return ModelFacts(name, config, path, size, modified, digest, layers=layers,
                               problem=str(exc))
         template, template_source = self._template(config, info)
+        if stored is not None and "template" in layers and template_source in ("configured",
+                                                                             "none"):
+            # The GGUF has none: what runs was chosen from the registry's Go template.
+            template_source = "layer" if config.chat_template or config.args else "none"
         return ModelFacts(
             name, config, path, size, modified, digest,
             architecture=info.architecture,

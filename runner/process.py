@@ -89,6 +89,10 @@ class LaunchSpec:
     extra_args: tuple[str, ...] = ()
     pooling: str | None = None  # for embeddings when the GGUF names none
     chat_template: Path | None = None  # a Jinja file replacing the GGUF's own
+    sampling: tuple[str, ...] = ()  # the model's default sampling flags (runner.model_defaults)
+    projector: Path | None = None  # --mmproj
+    draft: Path | None = None  # --model-draft
+    adapters: tuple[tuple[Path, float], ...] = ()  # --lora-scaled, each with its scale
 
 
 def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
@@ -123,6 +127,14 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
             argv += ["--pooling", spec.pooling]
     elif spec.mode is RunnerMode.RERANKING:
         argv.append("--reranking")
+    if spec.mode is RunnerMode.CHAT:  # what only generation uses
+        argv += spec.sampling
+        if spec.projector is not None:
+            argv += ["--mmproj", str(spec.projector)]
+        if spec.draft is not None:
+            argv += ["--model-draft", str(spec.draft)]
+    if spec.adapters:
+        argv += ["--lora-scaled", ",".join(f"{path}:{scale:g}" for path, scale in spec.adapters)]
     argv += spec.extra_args
     return argv
 

@@ -42,6 +42,7 @@ from runner.events import Event, EventBus, Subscription
 from runner.fleet import FleetModelService
 from runner.local_service import LocalModelService
 from runner.memory import GpuMemory
+from runner.model_defaults import RequestDefaults
 from runner.model_info import ModelFacts
 from runner.modes import RunnerMode
 from runner.pull import Emit, PullEvent
@@ -93,6 +94,7 @@ __all__ = [
     "PullJob",
     "PullRefusedError",
     "QueueFullError",
+    "RequestDefaults",
     "RunnerInfo",
     "RunnerMode",
     "RunnerOptions",
@@ -146,6 +148,11 @@ class ModelService(Protocol):
 
     def canonical(self, name: str) -> str | None:
         """The canonical name for a name or alias, or None if it names nothing servable."""
+        ...
+
+    def request_defaults(self, name: str) -> RequestDefaults:
+        """What a request for this node's model ``name`` gets when it says nothing of its
+        own: system prompt, messages before the conversation, stop words (empty if none)."""
         ...
 
     async def facts(self, name: str) -> ModelFacts:

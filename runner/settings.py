@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from runner.model_defaults import ROLES, check_options
 from runner.modes import RunnerMode
 
 ENV_PREFIX = "SWITCHBOARD_"
@@ -104,6 +105,15 @@ Bytes = Annotated[int, BeforeValidator(parse_bytes)]
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 
 
+class AdapterConfig(BaseModel):
+    """A LoRA adapter a model runs with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="the adapter GGUF: a path, package or store blob")
+    scale: float = Field(1.0, description="how strongly it applies (1 = as trained)")
+
+
 class ModelConfig(BaseModel):
     """One servable model, as a client names it."""
 
@@ -136,6 +146,52 @@ class ModelConfig(BaseModel):
     reranking: bool = Field(
         False, description="a reranking model: /v1/rerank only (llama-server --reranking)"
     )
+    system: str | None = Field(
+        None, description="system prompt for requests that bring none (Ollama's SYSTEM)"
+    )
+    messages: tuple[dict[str, Any], ...] = Field(
+        (), description="messages put before every conversation (Ollama's MESSAGE lines)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Ollama options as the model's defaults, which a "
+        "request's own fields override (num_predict, temperature, stop, num_ctx …)"
+    )
+    projector: str | None = Field(
+        None, description="vision projector GGUF (llama-server --mmproj): a path or package"
+    )
+    draft: str | None = Field(
+        None, description="draft model for speculative decoding (--model-draft): a path, "
+        "package or store name"
+    )
+    adapters: tuple[AdapterConfig, ...] = Field(
+        (), description="LoRA adapters, each {source, scale} (--lora-scaled)"
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_options(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape_from_options(cls, data: Any) -> Any:
+        # Ollama's num_ctx and num_gpu shape the runner: they stand for ctx_size and
+        # gpu_layers unless those are given themselves.
+        if isinstance(data, dict) and isinstance(data.get("options"), dict):
+            options = data["options"]
+            for option, key in (("num_ctx", "ctx_size"), ("num_gpu", "gpu_layers")):
+                if key not in data and isinstance(options.get(option), int):
+                    data = {**data, key: options[option]}
+        return data
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for number, message in enumerate(value, 1):
+            if message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+                raise ValueError(f"message {number} needs a role ({', '.join(sorted(ROLES))}) "
+                                 "and a text content")
+        return value
 
     @model_validator(mode="after")
     def _one_only_mode(self) -> ModelConfig:

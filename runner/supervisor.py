@@ -33,6 +33,7 @@ from runner.errors import (
 from runner.events import EventBus
 from runner.gguf_header import GGUFError, cached_header, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
+from runner.model_defaults import sampling_args
 from runner.model_source import resolve_template
 from runner.modes import RunnerMode
 from runner.payloads import Payloads
@@ -99,6 +100,17 @@ def _pooling_for(path: Path) -> str | None:
     except (GGUFError, OSError):
         return "mean"
     return None if f"{info.architecture}.pooling_type" in info.metadata else "mean"
+
+
+def _companion_bytes(spec: LaunchSpec) -> int:
+    """What a projector, a draft model and adapters add to a runner: their weights (a draft
+    model's own KV cache is small beside them; llama-server sizes it like the model's)."""
+    paths = [p for p in (spec.projector, spec.draft) if p] + [a for a, _ in spec.adapters]
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
 
 
 def estimate_file(path: Path, ctx_size: int, parallel: int) -> int:
@@ -390,6 +402,7 @@ class Supervisor:
             # Reading a header is file I/O: off the loop, so loaded traffic keeps flowing.
             need = await asyncio.to_thread(self._estimator, spec.model_path, spec.ctx_size,
                                            spec.parallel)
+            need += await asyncio.to_thread(_companion_bytes, spec)
             memory = self._sample_memory()
         except asyncio.CancelledError:
             raise
@@ -409,6 +422,7 @@ class Supervisor:
 
     async def _spec(self, canonical: str, shape: Shape, config: ModelConfig) -> LaunchSpec:
         model_path = await self.catalog.gguf(config)
+        companions = await self.catalog.companions(config)
         pooling = None
         if shape.mode is RunnerMode.EMBEDDINGS:
             pooling = await asyncio.to_thread(_pooling_for, model_path)
@@ -424,6 +438,10 @@ class Supervisor:
             pooling=pooling,
             chat_template=resolve_template(config.chat_template) if config.chat_template
             else None,
+            sampling=sampling_args(config.options),
+            projector=companions.projector,
+            draft=companions.draft,
+            adapters=companions.adapters,
         )
 
     def _launchers(self, backend: str) -> list[tuple[str, Callable[[], Path]]]:

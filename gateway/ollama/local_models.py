@@ -54,28 +54,44 @@ async def tags(request: Request) -> Response:
 
 
 def _parameters(facts: ModelFacts) -> str:
-    """Ollama's "key value" lines: the store's params layer, then the context we run with."""
+    """Ollama's "key value" lines: the model's own defaults (its params layer or config
+    ``options``), then the context it runs with."""
     lines = []
-    params = facts.layers.get("params")
-    if params:
-        try:
-            stored = orjson.loads(params)
-        except orjson.JSONDecodeError:
-            stored = {}
-        for key, value in (stored.items() if isinstance(stored, dict) else ()):
-            for item in value if isinstance(value, list) else [value]:
-                shown = orjson.dumps(item).decode() if isinstance(item, str) else item
-                lines.append(f"{key} {shown}")
+    for key, value in facts.config.options.items():
+        if key == "num_ctx":
+            continue  # said below, as it runs
+        for item in value if isinstance(value, list) else [value]:
+            shown = orjson.dumps(item).decode() if isinstance(item, str) else item
+            lines.append(f"{key} {shown}")
     lines.append(f"num_ctx {facts.config.ctx_size}")
     return "\n".join(lines)
 
 
+_TEMPLATE_WHY = {
+    "configured": "the model's configured chat_template",
+    "gguf": "the GGUF's own Jinja template",
+    "none": "none in the GGUF: llama-server's built-in default",
+    "layer": "none in the GGUF; the format its Go template writes (which llama-server "
+             "cannot run itself)",
+}
+
+
 def _modelfile(facts: ModelFacts) -> str:
+    config = facts.config
     lines = [f"# Modelfile summarising switchboard's model '{facts.name}'",
-             f"FROM {facts.path or facts.config.source}"]
+             f"# template: {_TEMPLATE_WHY[facts.template_source]}",
+             f"FROM {facts.path or config.source}"]
     if facts.template:
         lines.append(f'TEMPLATE """{facts.template}"""')
+    if config.system:
+        lines.append(f'SYSTEM """{config.system}"""')
+    lines += [f"ADAPTER {adapter.source}" for adapter in config.adapters]
+    if config.draft:
+        lines.append(f"DRAFT {config.draft}")
     lines += [f"PARAMETER {line}" for line in _parameters(facts).splitlines()]
+    lines += [f'MESSAGE {m["role"]} """{m["content"]}"""' for m in config.messages]
+    if "license" in facts.layers:
+        lines.append(f'LICENSE """{facts.layers["license"]}"""')
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +117,14 @@ async def show(request: Request) -> Response:
         "model_info": _model_info(facts),
         "capabilities": facts.capabilities,
         "modified_at": _iso(facts.modified),
+        "template_source": facts.template_source,  # ours: which template runs, and why
     }
+    if facts.config.system:
+        body["system"] = facts.config.system
+    if facts.config.messages:
+        body["messages"] = list(facts.config.messages)
+    if facts.config.projector:
+        body["projector_info"] = {"path": facts.config.projector}
     if "license" in facts.layers:
         body["license"] = facts.layers["license"]
     return JSONBytes(body)

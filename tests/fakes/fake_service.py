@@ -33,6 +33,7 @@ from runner.service import (
     NodeRecord,
     PullEvent,
     PullJob,
+    RequestDefaults,
     RunnerInfo,
     RunnerOptions,
     ServiceError,
@@ -298,6 +299,7 @@ class FakeModelService:
     loaded_models: set[str] = field(default_factory=set)  # what unload() finds loaded
     fleet: list[NodeRecord] = field(default_factory=list)  # what nodes() answers
     hops: list[tuple[str, int, bytes]] = field(default_factory=list)  # leases on other nodes
+    defaults: dict[str, RequestDefaults] = field(default_factory=dict)  # by canonical name
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
     in_flight: int = field(default=0, init=False)
@@ -352,6 +354,9 @@ class FakeModelService:
             if name == canonical or name in aliases:
                 return canonical
         return None
+
+    def request_defaults(self, name: str) -> RequestDefaults:
+        return self.defaults.get(self.canonical(name) or name, RequestDefaults())
 
     def _facts(self, name: str) -> ModelFacts:
         return ModelFacts(name=name, config=ModelConfig(source=f"/models/{name}.gguf"),

@@ -9,6 +9,7 @@ import pytest
 
 from runner import process
 from runner.errors import RunnerStartError
+from runner.model_defaults import sampling_args
 from runner.modes import RunnerMode
 from runner.payloads import Payloads, extract
 from runner.process import LaunchSpec, RunnerProcess, RunnerState, build_argv
@@ -75,6 +76,23 @@ def test_build_argv_passes_a_template_file(tmp_path: Path) -> None:
                       chat_template=tmp_path / "t.jinja")
     argv = build_argv(tmp_path / "llama-server", spec, 1)
     assert argv[argv.index("--chat-template-file") + 1] == str(tmp_path / "t.jinja")
+
+
+def test_build_argv_loads_a_models_companions_and_sampling_defaults(tmp_path: Path) -> None:
+    spec = LaunchSpec(model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1,
+                      sampling=sampling_args({"num_predict": 3, "temperature": 0}),
+                      projector=tmp_path / "p.gguf", draft=tmp_path / "d.gguf",
+                      adapters=((tmp_path / "a.gguf", 0.5), (tmp_path / "b.gguf", 1.0)))
+    argv = build_argv(tmp_path / "llama-server", spec, 1)
+    assert argv[argv.index("--n-predict") + 1] == "3" and argv[argv.index("--temp") + 1] == "0.0"
+    assert argv[argv.index("--mmproj") + 1] == str(tmp_path / "p.gguf")
+    assert argv[argv.index("--model-draft") + 1] == str(tmp_path / "d.gguf")
+    assert argv[argv.index("--lora-scaled") + 1] == f"{tmp_path}/a.gguf:0.5,{tmp_path}/b.gguf:1"
+    embed = build_argv(tmp_path / "llama-server", LaunchSpec(
+        model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1,
+        mode=RunnerMode.EMBEDDINGS, sampling=("--n-predict", "3"),
+        projector=tmp_path / "p.gguf"), 1)
+    assert "--n-predict" not in embed and "--mmproj" not in embed  # generation's only
 
 
 @pytest.mark.parametrize(("mode", "flags"), [

@@ -128,3 +128,22 @@ def test_resolve_template_bundled_or_file(tmp_path: Path) -> None:
     assert resolve_template(str(mine)) == mine
     with pytest.raises(ModelSourceError, match="gemma"):
         resolve_template("no-such-template")
+
+
+def test_a_models_options_are_ollamas_names_checked_when_the_config_loads(tmp_path: Path) -> None:
+    config = tmp_path / "switchboard.yaml"
+    config.write_text(
+        "models:\n"
+        "  tiny:\n"
+        "    source: x.gguf\n"
+        "    options: {num_predict: 3, temprature: 0.5}\n"
+        "  fine:\n"
+        "    source: x.gguf\n"
+        "    options: {num_ctx: 1024, stop: '<end>', top_k: 20}\n"
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config, environ={})
+    assert "models.tiny.options: Value error, unknown option 'temprature'" in str(caught.value)
+    config.write_text(config.read_text().replace("temprature", "temperature"))
+    fine = load_settings(config, environ={}).models["fine"]
+    assert fine.ctx_size == 1024 and fine.options["stop"] == ["<end>"]  # num_ctx is the context
