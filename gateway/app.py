@@ -141,7 +141,8 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
                *anthropic.routes, *rerank.routes, *llama.routes, *ollama.relayed]
     app = Starlette(
         routes=[
-            *relayed, *model_list.routes, *ollama.local_models.routes, *admin.routes, *pull.routes,
+            *relayed, *model_list.routes, *ollama.local_models.routes, *ollama.create.routes,
+            *admin.routes, *pull.routes,
             *events.routes, *nodes.routes, *node_relay.routes, *health.routes, *metrics_routes,
             *openapi.routes,
             # The console's page is open (it asks for a key); what it calls is not.

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway import backends_cli
+from gateway import backends_cli, create_cli
 from gateway.drain import DrainState
 from gateway.store_cli import add_commands
 from runner.cluster_config import cluster_config, is_loopback
@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build_runners)
 
     add_commands(sub, common, DEFAULT_MODEL)
+    create_cli.add_commands(sub, common)
     backends_cli.add_commands(sub, common)
 
     ps = sub.add_parser("ps", help="list the models a running server has loaded",

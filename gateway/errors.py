@@ -149,6 +149,8 @@ def service_error(exc: service.ServiceError, model: str | None = None) -> APIErr
         case service.QueueFullError():
             return APIError(503, str(exc), code="queue_full",
                             headers={"Retry-After": str(exc.retry_after)})
+        case service.CreateError():
+            return APIError(exc.status, str(exc), param=exc.param)
         case service.NodesUnreachableError():
             return APIError(503, str(exc), code="nodes_unreachable",
                             headers={"Retry-After": str(exc.retry_after)})

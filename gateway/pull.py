@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -83,26 +84,30 @@ async def pull(request: Request) -> Response:
             announce({"error": str(exc)})
             raise APIError(exc.status, str(exc), param="model") from exc
         return JSONBytes({"status": "success"})
-    return StreamingResponse(_stream(job, announce), media_type="application/x-ndjson")
+    return StreamingResponse(progress_stream(job, announce), media_type="application/x-ndjson")
 
 
-async def _stream(job: PullJob,
-                  announce: _Announce) -> AsyncIterator[bytes]:
+async def progress_stream(job: Callable[[Any], Awaitable[object]],
+                          announce: Callable[[Any], None], what: str = "pull",
+                          expected: tuple[type[Exception], ...] = (PullError,)
+                          ) -> AsyncIterator[bytes]:
+    """``job``'s progress objects as NDJSON lines, its refusal (``expected``) as the last
+    one; Ollama streams /api/pull and /api/create so."""
     queue: asyncio.Queue[PullEvent | object] = asyncio.Queue()
 
-    def emit(event: PullEvent) -> None:
+    def emit(event: PullEvent | dict[str, object]) -> None:
         queue.put_nowait(event)
         announce(event)
 
     async def run() -> None:
         try:
             await job(emit)
-        except PullError as exc:
+        except expected as exc:
             queue.put_nowait({"error": str(exc)})
             announce({"error": str(exc)})
         except Exception as exc:  # the stream has started: the error must travel in it
-            log.exception("pull failed")
-            queue.put_nowait({"error": f"pull failed: {exc}"})
+            log.exception("%s failed", what)
+            queue.put_nowait({"error": f"{what} failed: {exc}"})
         finally:
             queue.put_nowait(_DONE)
 

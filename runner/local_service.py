@@ -22,6 +22,8 @@ from runner.errors import (
 )
 from runner.events import EventBus
 from runner.memory import gpu_library, gpus, system_memory
+from runner.model_create import CreateRequest, ModelCreator
+from runner.model_create import Progress as CreateProgress
 from runner.model_defaults import RequestDefaults
 from runner.model_info import ModelDescriber, ModelFacts
 from runner.model_source import is_store_source
@@ -254,6 +256,12 @@ class LocalModelService:
             if self._puller.options.allowed_hosts:
                 return
         raise PullRefusedError(host, allowed, param)
+
+    async def create(self, request: CreateRequest, emit: CreateProgress) -> None:
+        await ModelCreator(self._catalog).create(request, emit)
+
+    def copy(self, source: str, destination: str) -> None:
+        ModelCreator(self._catalog).copy(source, destination)
 
     async def delete(self, model: str) -> None:
         configured = self._catalog.configured(model)

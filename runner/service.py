@@ -42,6 +42,8 @@ from runner.events import Event, EventBus, Subscription
 from runner.fleet import FleetModelService
 from runner.local_service import LocalModelService
 from runner.memory import GpuMemory
+from runner.model_create import CreateError, CreateRequest
+from runner.model_create import Progress as CreateProgress
 from runner.model_defaults import RequestDefaults
 from runner.model_info import ModelFacts
 from runner.modes import RunnerMode
@@ -69,6 +71,9 @@ __all__ = [
     "PRIMARY",
     "ConfiguredModelError",
     "ContextWindow",
+    "CreateError",
+    "CreateProgress",
+    "CreateRequest",
     "Emit",
     "Event",
     "EventBus",
@@ -219,6 +224,15 @@ class ModelService(Protocol):
 
     async def delete(self, model: str) -> None:
         """Remove a pulled model, unloading it first; refused while it is in use."""
+        ...
+
+    async def create(self, request: CreateRequest, emit: CreateProgress) -> None:
+        """Make a model in the store from ``request`` (Ollama's create), reporting progress;
+        :class:`CreateError` for a request that cannot be made, with nothing written."""
+        ...
+
+    def copy(self, source: str, destination: str) -> None:
+        """A stored model under a second name; :class:`CreateError` if it cannot be."""
         ...
 
 

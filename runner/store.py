@@ -227,13 +227,52 @@ class ModelStore:
         tmp.write_bytes(raw)
         tmp.replace(path)
 
+    def write_blob(self, data: bytes) -> tuple[str, int]:
+        """Store ``data`` as a blob (a small layer: a system prompt, params); its (digest,
+        size). Atomic, and a blob already there is left as it is."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not self.has_blob(digest, len(data)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return digest, len(data)
+
+    def import_blob(self, source: Path) -> tuple[str, int, bool]:
+        """Store the file ``source`` as a blob (blocking); its (digest, size, whether it is
+        new to the store). Copied and
+        hashed in one pass, so the digest is of the bytes stored even if the file changes
+        meanwhile (a link would let a later change in place change the blob), and renamed
+        into place once whole, so no reader sees part of it."""
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.blobs_dir / f".import.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with source.open("rb") as src, tmp.open("wb") as out:
+                while chunk := src.read(1 << 20):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            digest = "sha256:" + hasher.hexdigest()
+            new = not self.has_blob(digest, size)
+            if new:
+                tmp.replace(self.blob_path(digest))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size, new
+
     def remove(self, text: str) -> list[str]:
         """Delete a model's manifest and every blob no other manifest references; returns the
         digests removed. Refused while a runner holds the model's GGUF."""
         model = self.require(text)
         gguf = next((layer for layer in model.manifest.layers if layer.media_type == MODEL_MEDIA),
                     None)
-        if gguf is not None and in_use(self.blob_path(gguf.digest)):
+        # A GGUF another model shares stays: a runner of that model may hold it meanwhile.
+        shared = {layer.digest for other in self.models() if other.name != model.name
+                  for layer in other.manifest.blobs()}
+        if gguf is not None and gguf.digest not in shared and in_use(self.blob_path(gguf.digest)):
             raise StoreError(f"model '{text}' is in use by a loaded runner: unload it first "
                              f"(switchboard stop {text})")
         path = self.manifest_path(model.name)

@@ -24,6 +24,8 @@ import orjson
 from gateway.app import create_app
 from runner.service import (
     ContextWindow,
+    CreateProgress,
+    CreateRequest,
     EventBus,
     Lease,
     MemorySample,
@@ -300,6 +302,8 @@ class FakeModelService:
     fleet: list[NodeRecord] = field(default_factory=list)  # what nodes() answers
     hops: list[tuple[str, int, bytes]] = field(default_factory=list)  # leases on other nodes
     defaults: dict[str, RequestDefaults] = field(default_factory=dict)  # by canonical name
+    created: list[CreateRequest] = field(default_factory=list)
+    copied: list[tuple[str, str]] = field(default_factory=list)
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
     in_flight: int = field(default=0, init=False)
@@ -354,6 +358,19 @@ class FakeModelService:
             if name == canonical or name in aliases:
                 return canonical
         return None
+
+    async def create(self, request: CreateRequest, emit: CreateProgress) -> None:
+        refusal = self.refusals.get("create")
+        if refusal is not None:
+            raise refusal
+        self.created.append(request)
+        emit({"status": "success"})
+
+    def copy(self, source: str, destination: str) -> None:
+        refusal = self.refusals.get("copy")
+        if refusal is not None:
+            raise refusal
+        self.copied.append((source, destination))
 
     def request_defaults(self, name: str) -> RequestDefaults:
         return self.defaults.get(self.canonical(name) or name, RequestDefaults())
