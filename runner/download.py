@@ -76,6 +76,17 @@ class _Retryable(Exception):
     """An attempt failed in a way another attempt may not."""
 
 
+def parse_mirrors(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``HOST=URL`` pairs as a map; raises ValueError naming a pair that is not one."""
+    mirrors: dict[str, str] = {}
+    for pair in pairs:
+        host, _, url = pair.partition("=")
+        if not host or not url.startswith(("http://", "https://")):
+            raise ValueError(f"registry mirror {pair!r} is not HOST=http(s)://…")
+        mirrors[host.strip().lower()] = url.strip().rstrip("/")
+    return mirrors
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
     parts: int = 16
@@ -85,6 +96,7 @@ class DownloadOptions:
     backoff: float = 0.5
     allowed_hosts: tuple[str, ...] = ()
     max_redirects: int = 10
+    mirrors: dict[str, str] = field(default_factory=dict)  # registry host -> base URL
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DownloadOptions:
@@ -95,6 +107,7 @@ class DownloadOptions:
             retries=settings.pull_retries,
             backoff=settings.pull_backoff,
             allowed_hosts=settings.pull_allowed_hosts,
+            mirrors=parse_mirrors(settings.registry_mirrors),
         )
 
     def check_host(self, url: str) -> None:

@@ -47,6 +47,9 @@ from runner.variants import explain, read_cpu_flags
 
 log = logging.getLogger(__name__)
 NO_DEFAULTS = RequestDefaults()
+# Registries anyone may name in a pull through the API, like the default one: public, and
+# nowhere inside this server's network. Hugging Face serves Ollama's protocol for its GGUFs.
+PUBLIC_REGISTRIES = ("hf.co", "huggingface.co")
 
 
 class LocalModelService:
@@ -246,7 +249,7 @@ class LocalModelService:
         (SSRF: cloud metadata, internal services). The CLI, run by the operator, has no such
         limit: it uses the puller directly."""
         allowed = self._catalog.store.default_host.lower()
-        if host.lower() == allowed:
+        if host.lower() in (allowed, *PUBLIC_REGISTRIES):
             return
         try:
             self._puller.options.check_host(f"http://{host}/")

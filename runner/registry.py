@@ -41,7 +41,9 @@ class Registry:
         self._token: str | None = None
 
     def base(self, name: ModelName) -> str:
-        return f"{self._scheme}://{name.host}/v2/{name.repository}"
+        mirror = self._options.mirrors.get(name.host)
+        root = mirror or f"{self._scheme}://{name.host}"
+        return f"{root}/v2/{name.repository}"
 
     def blob_url(self, name: ModelName, digest: str) -> str:
         return f"{self.base(name)}/blobs/{digest}"

@@ -356,6 +356,10 @@ class Settings(BaseModel):
     registry: str = Field(
         "registry.ollama.ai", description="registry host[:port] for names without a host"
     )
+    registry_mirrors: CommaList = Field(
+        (), description="HOST=URL pairs: pull names of HOST from URL instead (a mirror, an "
+        "air-gapped copy), e.g. hf.co=http://10.0.0.5:5000"
+    )
     pull_allowed_hosts: CommaList = Field(
         (), description="hosts pulls and their redirects may reach ('*.x.com' ok); empty = any"
     )
@@ -406,6 +410,15 @@ class Settings(BaseModel):
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirror_pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pair in value:
+            host, _, url = pair.partition("=")
+            if not host.strip() or not url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"{pair!r} is not HOST=http(s)://…")
+        return value
 
 
 class SettingsError(ValueError):

@@ -40,14 +40,17 @@ def registry(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             layers.append((LAYER + kind, served.add_blob(path)))
         served.add_model("library/whole", "latest", layers)
         served.add_model("library/bare", "latest", [(MODEL, gguf)])
+        served.add_model("bartowski/Tiny-GGUF", "Q4_K_M", [(MODEL, gguf)])
         yield served
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
            gemma_path: Path) -> Iterator[Served]:
-    server = start_server(tmp_path_factory.mktemp("whole"), gemma_models(gemma_path),
-                          {"SWITCHBOARD_REGISTRY": registry.host})
+    server = start_server(tmp_path_factory.mktemp("whole"), gemma_models(gemma_path), {
+        "SWITCHBOARD_REGISTRY": registry.host,
+        # Hugging Face's registry, played by the loopback one under its name.
+        "SWITCHBOARD_REGISTRY_MIRRORS": f"hf.co={registry.url}"})
     for name in ("whole", "bare"):
         pulled = httpx.post(f"{server.url}/api/pull", timeout=120,
                             json={"model": name, "insecure": True, "stream": False})
@@ -108,3 +111,15 @@ def test_show_returns_the_layers_and_which_template_runs(served: Served) -> None
     assert "completion" in shown["capabilities"] and "vision" not in shown["capabilities"]
     ps = httpx.get(f"{served.url}/api/ps", timeout=5).json()["models"]
     assert [m["ctx_size"] for m in ps if m["model"].startswith("whole")] == [1024]  # num_ctx
+
+
+def test_a_hugging_face_name_pulls_through_the_registry_protocol_and_serves(
+        served: Served, registry: FakeRegistry) -> None:
+    name = "hf.co/bartowski/Tiny-GGUF:Q4_K_M"
+    pulled = httpx.post(f"{served.url}/api/pull", timeout=120, json={"model": name,
+                                                                    "stream": False})
+    assert pulled.status_code == 200, pulled.text
+    assert ("GET", "/v2/bartowski/Tiny-GGUF/manifests/Q4_K_M", None) in [
+        (method, path, None) for method, path, _ in registry.requests]
+    assert name in [m["name"] for m in httpx.get(f"{served.url}/api/tags").json()["models"]]
+    assert _chat(served, name, max_tokens=2)["completion_tokens"] == 2

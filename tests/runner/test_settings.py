@@ -147,3 +147,12 @@ def test_a_models_options_are_ollamas_names_checked_when_the_config_loads(tmp_pa
     config.write_text(config.read_text().replace("temprature", "temperature"))
     fine = load_settings(config, environ={}).models["fine"]
     assert fine.ctx_size == 1024 and fine.options["stop"] == ["<end>"]  # num_ctx is the context
+
+
+def test_a_registry_mirror_must_be_a_host_and_a_url() -> None:
+    with pytest.raises(SettingsError, match=r"'hf\.co' is not HOST=http"):
+        load_settings(None, environ={"SWITCHBOARD_REGISTRY_MIRRORS": "hf.co"})
+    mirrored = load_settings(None, environ={
+        "SWITCHBOARD_REGISTRY_MIRRORS": "hf.co=http://10.0.0.5:5000,registry.ollama.ai=https://m"})
+    assert mirrored.registry_mirrors == ("hf.co=http://10.0.0.5:5000",
+                                         "registry.ollama.ai=https://m")
