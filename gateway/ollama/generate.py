@@ -28,7 +28,7 @@ from gateway.json_response import JSONBytes
 from gateway.ollama.options import read_options, response_format, runner_options, sampling_fields
 from gateway.relay import Relay
 from gateway.request_body import parse_object, require_model, take_keep_alive
-from runner.service import Lease, ModelService
+from runner.service import Lease, ModelNotFoundError, ModelService
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,32 @@ def _common(data: dict[str, Any], options: dict[str, Any], stream: bool) -> dict
     think = data.get("think")
     if isinstance(think, bool):
         body["chat_template_kwargs"] = {"enable_thinking": think}
+    elif think in THINK_LEVELS:  # gpt-oss and its kind: the template reads the effort
+        body["reasoning_effort"] = think
+    elif think is not None:
+        raise APIError(400, "'think' must be true, false, or one of "
+                       f"{', '.join(map(repr, THINK_LEVELS))}", param="think")
     return body
+
+
+THINK_LEVELS = ("low", "medium", "high")
+
+
+async def _check_thinks(service: ModelService, model: str, data: dict[str, Any]) -> None:
+    """Ollama's 400 for ``think`` asked of a model whose template cannot think. A model of
+    another node is not known here: its node answers for it."""
+    think = data.get("think")
+    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+        raise APIError(400, "'think' must be true, false, or one of "
+                       f"{', '.join(map(repr, THINK_LEVELS))}", param="think")
+    if think in (None, False):
+        return
+    try:
+        facts = await service.facts(model)
+    except ModelNotFoundError:
+        return
+    if "thinking" not in facts.capabilities:
+        raise APIError(400, f'"{model}" does not support thinking', param="think")
 
 
 async def _load_or_unload(request: Request, model: str, data: dict[str, Any],
@@ -291,6 +316,7 @@ async def chat(request: Request) -> Response | Relay:
         return await _load_or_unload(request, model, data, "chat")
     options = read_options(data)
     stream = _stream(data)
+    await _check_thinks(request.app.state.service, model, data)
     body = {"model": model, "messages": _messages(data["messages"]),
             **_common(data, options, stream)}
     tools = data.get("tools")
@@ -315,6 +341,7 @@ async def generate(request: Request) -> Response | Relay:
                            "model's own (Jinja) chat template", param=unsupported)
     options = read_options(data)
     stream = _stream(data)
+    await _check_thinks(request.app.state.service, model, data)
     common = _common(data, options, stream)
     kind: Kind
     if data.get("raw") is True:

@@ -303,6 +303,7 @@ class FakeModelService:
     hops: list[tuple[str, int, bytes]] = field(default_factory=list)  # leases on other nodes
     defaults: dict[str, RequestDefaults] = field(default_factory=dict)  # by canonical name
     created: list[CreateRequest] = field(default_factory=list)
+    templates: dict[str, str] = field(default_factory=dict)  # by canonical name, for facts
     copied: list[tuple[str, str]] = field(default_factory=list)
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
@@ -378,7 +379,8 @@ class FakeModelService:
     def _facts(self, name: str) -> ModelFacts:
         return ModelFacts(name=name, config=ModelConfig(source=f"/models/{name}.gguf"),
                           path=None, size=1234, modified=1_700_000_000.0, digest="ab" * 32,
-                          architecture="llama", parameters=1_000_000, quantization="Q4_K_M")
+                          architecture="llama", parameters=1_000_000, quantization="Q4_K_M",
+                          template=self.templates.get(name))
 
     async def facts(self, name: str) -> ModelFacts:
         self._refuse("facts")
