@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from gateway.errors import APIError
 from runner.service import ContextWindow
@@ -234,6 +235,7 @@ class Allowlist:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pass_unknown = settings.pass_unknown_fields
+        self._image_hosts = frozenset(host.lower() for host in settings.image_url_hosts)
         self._checks: dict[str, Callable[[str, Any], None]] = {
             "grammar": self._grammar,
             "json_schema": self._schema,
@@ -375,21 +377,26 @@ class Allowlist:
                 if isinstance(content, list):
                     self._media(field, content)
 
-    @staticmethod
-    def _media(field: str, parts: list[Any]) -> None:
+    def _media(self, field: str, parts: list[Any]) -> None:
         """A runner with a projector downloads an http(s) media URL itself, from wherever a
-        client points it (any internal address): only inline ``data:`` URLs reach it. The
-        families name the URL differently: OpenAI's ``image_url.url`` and ``input_audio.data``,
-        Responses' ``image_url`` string, Anthropic's ``source.url``."""
+        client points it (any internal address): only inline ``data:`` URLs reach it. An image
+        URL on a host of ``image_url_hosts`` passes, for :mod:`gateway.images` to fetch and
+        inline. The families name the URL differently: OpenAI's ``image_url.url`` and
+        ``input_audio.data``, Responses' ``image_url`` string, Anthropic's ``source.url``."""
+        hosts = self._image_hosts
         for part in parts:
             if not isinstance(part, dict):
                 continue
             for kind in ("image_url", "input_audio", "input_video", "video_url", "source"):
                 media = part.get(kind)
                 url = media.get("url", media.get("data")) if isinstance(media, dict) else media
-                if isinstance(url, str) and url.startswith(("http", "file:")):
-                    raise APIError(400, f"'{field}' has media by URL ({kind}): send it inline "
-                                   "as a data: URL", param=field, code="unsupported_value")
+                if not isinstance(url, str) or not url.startswith(("http", "file:")):
+                    continue
+                if kind in ("image_url", "source") and url.startswith("http") and \
+                        (urlsplit(url).hostname or "").lower() in hosts:
+                    continue
+                raise APIError(400, f"'{field}' has media by URL ({kind}): send it inline "
+                               "as a data: URL", param=field, code="unsupported_value")
 
     def _items(self, field: str, value: Any) -> None:
         limit = self.settings.max_messages

@@ -42,6 +42,7 @@ from gateway.auth import APIKeyAuth
 from gateway.body_limit import BodyLimit
 from gateway.drain import Drain, DrainState
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.images import ImageCheck
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.relay_dispatch import RelayDispatch
@@ -124,6 +125,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
         metrics.service = models_service
         app.state.settings = settings
         app.state.allowlist = Allowlist(settings)
+        app.state.image_check = ImageCheck(settings)
         app.state.metrics = metrics
         app.state.service = models_service
         app.state.upstream = upstream

@@ -202,6 +202,23 @@ OLLAMA_EMBEDDINGS: dict[str, Any] = {
 MODEL_ONLY: dict[str, Any] = {"type": "object", "required": ["model"],
                               "properties": {"model": {"type": "string"}}}
 
+_DIGESTS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+CREATE: dict[str, Any] = {
+    "type": "object", "required": ["model"],
+    "properties": {
+        "model": {"type": "string"}, "from": {"type": "string"}, "files": _DIGESTS,
+        "adapters": _DIGESTS, "system": {"type": "string"}, "template": {"type": "string"},
+        "parameters": {"type": "object"}, "license": {"type": "string"},
+        "messages": {"type": "array", "items": {"type": "object", "properties": {
+            "role": {"type": "string"}, "content": {"type": "string"}}}},
+        "quantize": {"type": "string", "description": "refused: GGUFs run as they are"},
+        "stream": {"type": "boolean"},
+    },
+}
+COPY: dict[str, Any] = {"type": "object", "required": ["source", "destination"],
+                        "properties": {"source": {"type": "string"},
+                                       "destination": {"type": "string"}}}
+
 # Fuzzed by the tests; /api/pull is left out of that (it would reach for the network).
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
@@ -222,6 +239,8 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/embeddings": OLLAMA_EMBEDDINGS,
     "/api/show": MODEL_ONLY,
     "/api/unload": UNLOAD,
+    "/api/create": CREATE,
+    "/api/copy": COPY,
 }
 DELETE_BODIES: dict[str, dict[str, Any]] = {"/api/delete": MODEL_ONLY}
 _GETS = {

@@ -34,6 +34,7 @@ from gateway.errors import (
     service_errors,
     stream_error_event,
 )
+from gateway.images import Image, ImageCheck, find_images
 from gateway.metrics import Metrics
 from gateway.request_body import require_model, take_keep_alive
 from gateway.request_defaults import apply_defaults
@@ -250,11 +251,15 @@ class Relay:
             key = opening_key(data)
             if key is not None:
                 options = replace(options or RunnerOptions(), affinity=key)
-        return cls(state.service, state.upstream, model, path, body, stream, keep_alive,
-                   options, state.metrics, settings.stream_idle_timeout or None,
-                   dialect_of(request.scope["path"]), translation, settings.load_ping or None,
-                   settings.client_write_timeout or None, settings.max_answer_bytes,
-                   (data, vetted.prompt_bytes))
+        relay = cls(state.service, state.upstream, model, path, body, stream, keep_alive,
+                    options, state.metrics, settings.stream_idle_timeout or None,
+                    dialect_of(request.scope["path"]), translation, settings.load_ping or None,
+                    settings.client_write_timeout or None, settings.max_answer_bytes,
+                    (data, vetted.prompt_bytes))
+        images = find_images(data)
+        if images:  # checked (and URLs fetched) before a runner is asked for
+            relay._images = (images, state.image_check)
+        return relay
 
     def __init__(
         self,
@@ -309,6 +314,7 @@ class Relay:
         self._task: asyncio.Task[Any] | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._cut = False
+        self._images: tuple[list[Image], ImageCheck] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._state = scope.get("state")
@@ -345,6 +351,10 @@ class Relay:
     async def _lease_and_relay(self, send: Send) -> None:
         pinger = _LoadPinger(send, self._load_ping) if self._load_ping else None
         try:
+            if self._images is not None:
+                images, check = self._images
+                await check.prepare(self._service, self._model, images)
+                self._body = orjson.dumps(self._prompt[0])  # URLs fetched are inline now
             with service_errors(self._model):
                 for attempt in (1, 2):
                     try:

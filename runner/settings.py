@@ -309,6 +309,13 @@ class Settings(BaseModel):
     max_body_bytes: ByteSize = Field(
         32 * _MIB, description="largest request body accepted (413 beyond)"
     )
+    max_image_bytes: ByteSize = Field(
+        20 * _MIB, description="largest image in a request, decoded (400 beyond)"
+    )
+    image_url_hosts: CommaList = Field(
+        (), description="hosts images may be fetched from by URL (the gateway fetches them); "
+        "empty = inline images only"
+    )
     max_answer_bytes: ByteSize = Field(
         256 * _MIB, description="largest unstreamed answer, or single streamed event, relayed "
         "from a runner (502 beyond)"

@@ -304,6 +304,7 @@ class FakeModelService:
     defaults: dict[str, RequestDefaults] = field(default_factory=dict)  # by canonical name
     created: list[CreateRequest] = field(default_factory=list)
     templates: dict[str, str] = field(default_factory=dict)  # by canonical name, for facts
+    vision: set[str] = field(default_factory=set)  # canonical names that have a projector
     copied: list[tuple[str, str]] = field(default_factory=list)
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
@@ -377,7 +378,9 @@ class FakeModelService:
         return self.defaults.get(self.canonical(name) or name, RequestDefaults())
 
     def _facts(self, name: str) -> ModelFacts:
-        return ModelFacts(name=name, config=ModelConfig(source=f"/models/{name}.gguf"),
+        projector = f"/models/{name}-mmproj.gguf" if name in self.vision else None
+        return ModelFacts(name=name, config=ModelConfig(source=f"/models/{name}.gguf",
+                                                        projector=projector),
                           path=None, size=1234, modified=1_700_000_000.0, digest="ab" * 32,
                           architecture="llama", parameters=1_000_000, quantization="Q4_K_M",
                           template=self.templates.get(name))
