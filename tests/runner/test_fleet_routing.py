@@ -135,6 +135,14 @@ def test_a_claimed_load_whose_node_left_the_view_loads_without_claiming_again() 
     assert route.node.name == "x"
 
 
+def _favourite(key: bytes, slots: int) -> str:
+    """Which of two idle nodes, "a" and "b", the conversation ``key`` ranks first."""
+    idle = [_node(name, (0, slots)) for name in ("a", "b")]
+    route = choose(idle[0], idle[1:], "m", CHAT, True, random.Random(1), affinity=key)
+    assert route is not None
+    return "a" if route.node is None else route.node.name
+
+
 def test_a_conversation_key_goes_to_the_same_copy_whichever_node_takes_it() -> None:
     nodes = [_node(name, (0, 4)) for name in ("a", "b", "c")]
     for key in (b"conv-1", b"conv-2", b"conv-3", b"conv-4"):
@@ -160,10 +168,7 @@ def test_conversation_keys_spread_over_the_copies() -> None:
 
 def test_a_conversations_copy_over_its_share_of_the_load_passes_it_on() -> None:
     key = b"busy conversation"
-    idle = [_node(name, (0, 4)) for name in ("a", "b")]
-    first = choose(idle[0], idle[1:], "m", CHAT, True, random.Random(1), affinity=key)
-    assert first is not None
-    favourite = "a" if first.node is None else first.node.name
+    favourite = _favourite(key, 4)
     # Its copy has 3 of 4 slots busy, the other none: 4 > ceil(1.25 * 4 / 2) = 3.
     loaded = [_node(n, (3, 4) if n == favourite else (0, 4)) for n in ("a", "b")]
     route = choose(loaded[0], loaded[1:], "m", CHAT, True, random.Random(1), affinity=key)
@@ -185,10 +190,7 @@ def test_a_single_copy_or_a_draining_one_leaves_affinity_to_the_usual_order() ->
 def test_a_conversations_copy_that_looks_full_but_is_within_its_share_still_takes_it() -> None:
     # One slot each, the favourite's taken as of its last heartbeat: 2 <= ceil(1.25 * 2 / 2).
     key = b"follow-up"
-    idle = [_node(name, (0, 1)) for name in ("a", "b")]
-    first = choose(idle[0], idle[1:], "m", CHAT, True, random.Random(1), affinity=key)
-    assert first is not None
-    favourite = "a" if first.node is None else first.node.name
+    favourite = _favourite(key, 1)
     nodes = [_node(n, (1, 1) if n == favourite else (0, 1)) for n in ("a", "b")]
     me = next(n for n in nodes if n.name != favourite)  # asked at the other node
     route = choose(me, [n for n in nodes if n is not me], "m", CHAT, True, random.Random(1),
