@@ -13,8 +13,8 @@ for_request`, the one place bodies leave for a runner):
 
 The lists are OpenAI's, Anthropic's and llama.cpp's documented fields for each endpoint, plus
 the llama.cpp sampling extensions we support. Left out on purpose: ``id_slot`` (a client would
-pick another's slot), ``n_cmpl`` and ``n_cache_reuse`` (runner-wide costs), ``lora`` (adapters
-are per model config), ``verbose`` and ``response_fields`` (debug), and llama-server's
+pick another's slot), ``n_cmpl`` and ``n_cache_reuse`` (runner-wide costs), ``verbose`` and
+``response_fields`` (debug), and llama-server's
 internal ``grammar_triggers``/``preserved_tokens``/``chat_parser``/``reasoning_budget_*`` tags.
 
 Checking costs one set lookup per top-level field; only fields that are present are measured.
@@ -22,6 +22,7 @@ Checking costs one set lookup per top-level field; only fields that are present 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -41,6 +42,7 @@ _SAMPLING = frozenset({
     "grammar", "json_schema", "stop", "n_predict", "max_tokens", "n_keep", "cache_prompt",
     "timings_per_token", "return_tokens", "return_progress", "t_max_predict_ms",
     "stream", "stream_options",
+    "lora",  # scales of the model's own adapters (ids checked once the model is known)
 })
 _CHAT_TEMPLATE = frozenset({
     "chat_template_kwargs", "reasoning_format", "parse_tool_calls", "add_generation_prompt",
@@ -90,6 +92,9 @@ GENERATING = frozenset({b"/v1/chat/completions", b"/v1/completions", b"/v1/respo
 # Fields whose text becomes the prompt: their string bytes bound its tokens from below.
 _PROMPT_FIELDS = ("messages", "prompt", "input", "system", "instructions", "tools",
                   "functions", "documents", "query", "content", "suffix")
+
+
+MAX_LORA = 64  # adapters a request may scale: more than any model loads
 
 
 class Vetted(NamedTuple):
@@ -249,6 +254,7 @@ class Allowlist:
             "stop_sequences": self._stop,
             "samplers": self._samplers,
             "dry_sequence_breakers": self._breakers,
+            "lora": self._lora,
             "repeat_last_n": self._last_n,
             "dry_penalty_last_n": self._last_n,
             "tools": self._tools,
@@ -397,6 +403,17 @@ class Allowlist:
                     continue
                 raise APIError(400, f"'{field}' has media by URL ({kind}): send it inline "
                                "as a data: URL", param=field, code="unsupported_value")
+
+    @staticmethod
+    def _lora(field: str, value: Any) -> None:
+        if not isinstance(value, list) or len(value) > MAX_LORA or not all(
+                isinstance(entry, dict) and set(entry) == {"id", "scale"}
+                and isinstance(entry["id"], int) and not isinstance(entry["id"], bool)
+                and entry["id"] >= 0 and isinstance(entry["scale"], int | float)
+                and not isinstance(entry["scale"], bool)
+                and math.isfinite(entry["scale"]) for entry in value):
+            raise APIError(400, f"'lora' must be a list of up to {MAX_LORA} {{id, scale}} "
+                           "objects: an adapter's id and a finite scale", param=field)
 
     def _items(self, field: str, value: Any) -> None:
         limit = self.settings.max_messages

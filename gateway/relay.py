@@ -37,7 +37,7 @@ from gateway.errors import (
 from gateway.images import Image, ImageCheck, find_images
 from gateway.metrics import Metrics
 from gateway.request_body import require_model, take_keep_alive
-from gateway.request_defaults import apply_defaults
+from gateway.request_defaults import apply_defaults, check_lora
 from gateway.upstream import (
     UpstreamBusyError,
     UpstreamError,
@@ -403,6 +403,8 @@ class Relay:
                 defaults = self._service.request_defaults(lease.model)
                 if defaults and apply_defaults(self._path, data, defaults):
                     self._body = orjson.dumps(data)
+                if "lora" in data:
+                    check_lora(lease.model, data, defaults.adapters)
             check_fits(lease.context, data, prompt_bytes)
             await self._forward(lease, send)
 

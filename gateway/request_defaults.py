@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import APIError
 from runner.service import RequestDefaults
 
 # The roles a request's own system prompt comes in, by API.
@@ -82,3 +83,18 @@ def _responses(data: dict[str, Any], defaults: RequestDefaults) -> bool:
             data["input"] = [*(dict(m) for m in defaults.messages), *given]
             changed = True
     return changed
+
+
+def check_lora(model: str, data: dict[str, Any], adapters: int) -> None:
+    """A request's own adapter scales (llama-server's ``lora``, already shaped by the
+    allowlist) name adapters its model has: a 400 otherwise, before the runner sees it."""
+    chosen = data.get("lora")
+    if not chosen:
+        return
+    if not adapters:
+        raise APIError(400, f"model '{model}' has no adapters: 'lora' picks among a model's "
+                       "configured ones", param="lora")
+    for entry in chosen:
+        if entry["id"] >= adapters:
+            raise APIError(400, f"'{model}' has {adapters} adapters (lora ids 0-{adapters - 1}); "
+                           f"there is no id {entry['id']}", param="lora")

@@ -145,10 +145,11 @@ class LocalModelService:
         if resolved is None:
             return NO_DEFAULTS
         config = resolved.config
-        if not (config.system or config.messages or "stop" in config.options):
+        if not (config.system or config.messages or "stop" in config.options
+                or config.adapters):
             return NO_DEFAULTS
         return RequestDefaults(config.system, config.messages,
-                               tuple(config.options.get("stop", ())))
+                               tuple(config.options.get("stop", ())), len(config.adapters))
 
     async def facts(self, name: str) -> ModelFacts:
         resolved = self._catalog.resolve(name)

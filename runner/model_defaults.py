@@ -94,6 +94,7 @@ class RequestDefaults:
     system: str | None = None
     messages: tuple[dict[str, Any], ...] = ()  # put before the conversation, after the system
     stop: tuple[str, ...] = ()
+    adapters: int = 0  # LoRA adapters loaded with it: a request's own "lora" ids are below
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> bool:  # whether there is anything to put into a request
         return bool(self.system or self.messages or self.stop)

@@ -29,7 +29,7 @@ def _refused(body: dict[str, Any], path: bytes = CHAT, **settings: Any) -> APIEr
 
 
 def test_unknown_fields_are_dropped_and_the_body_marked_edited() -> None:
-    body = _chat(id_slot=0, n_cmpl=4, lora=[{"id": 0, "scale": 9}], temperature=0.5)
+    body = _chat(id_slot=0, n_cmpl=4, verbose=True, temperature=0.5)
     vetted = Allowlist(Settings()).vet(CHAT, body)
     assert vetted.edited
     assert body == _chat(temperature=0.5)
@@ -238,3 +238,16 @@ def test_media_by_url_is_refused_in_every_familys_shape(path: bytes, field: str,
 def test_inline_media_passes() -> None:
     parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
     Allowlist(Settings()).vet(CHAT, _chat(messages=[{"role": "user", "content": parts}]))
+
+
+@pytest.mark.parametrize("lora", [{"id": 0}, [{"id": -1, "scale": 1}], [{"id": 0}],
+                                  [{"id": 0, "scale": float("inf")}], [{"id": "0", "scale": 1}],
+                                  [{"id": 0, "scale": 1}] * 65])
+def test_a_requests_own_adapter_scales_must_be_ids_and_finite_scales(lora: Any) -> None:
+    error = _refused(_chat(lora=lora))
+    assert error.param == "lora" and "{id, scale}" in error.message
+
+
+def test_adapter_scales_of_the_right_shape_pass_to_the_runner() -> None:
+    body = _chat(lora=[{"id": 0, "scale": 0.5}, {"id": 1, "scale": 0}])
+    assert not Allowlist(Settings()).vet(CHAT, body).edited and "lora" in body
