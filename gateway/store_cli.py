@@ -181,6 +181,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "gguf": "in the GGUF",
         "configured": f"configured: {config.chat_template}",
         "none": "none in the GGUF (llama-server falls back to ChatML)",
+        "layer": "none in the GGUF; the format of its Ollama template layer",
     }[facts.template_source]
     rows = [
         ("name", name),
@@ -192,15 +193,29 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("context length", str(facts.context_length or "unknown")),
         ("embedding length", str(facts.embedding_length)),
         ("chat template", template),
+        ("capabilities", ", ".join(facts.capabilities)),
         ("size", format_size(facts.size)),
     ]
-    labels = {"params": "params", "template": "template (Ollama)", "license": "license"}
-    for label, text in facts.layers.items():
-        first = text.strip().splitlines()[0] if text.strip() else ""
-        rows.append((labels[label], first[:100]))
+    if config.options:
+        rows.append(("parameters", " ".join(f"{k}={v}" for k, v in config.options.items())))
+    if config.system:
+        rows.append(("system", _first_line(config.system)))
+    if config.messages:
+        rows.append(("messages", f"{len(config.messages)} before each conversation"))
+    for what in ("projector", "draft"):
+        if getattr(config, what):
+            rows.append((what, getattr(config, what)))
+    rows += [("adapter", f"{a.source} (scale {a.scale:g})") for a in config.adapters]
+    if "license" in facts.layers:
+        rows.append(("license", _first_line(facts.layers["license"])))
     for key, value in rows:
         print(f"  {key:18} {value}")
     return 0
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:100] if lines else ""
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -221,7 +236,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     rm.add_argument("model", metavar="MODEL")
     rm.set_defaults(func=cmd_rm)
 
-    show = sub.add_parser("show", parents=[common], help="a model's GGUF metadata")
+    show = sub.add_parser("show", parents=[common],
+                          help="a model's GGUF metadata, parameters, system prompt and layers")
     show.add_argument("model", metavar="MODEL")
     show.set_defaults(func=cmd_show)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -75,10 +76,10 @@ def test_an_openai_image_reaches_the_projector_and_is_counted(served: Served) ->
 
 
 def test_ollama_anthropic_and_responses_images_reach_the_projector(served: Served) -> None:
-    ollama = httpx.post(f"{served.url}/api/chat", timeout=120, json={
-        "model": "seer", "stream": False, "options": {"num_predict": 2},
-        "messages": [{"role": "user", "content": "What is this?", "images": [PNG]}]})
-    assert ollama.status_code == 200, ollama.text
+    with ollama.Client(host=served.url) as client:
+        said = client.chat(model="seer", options={"num_predict": 2}, messages=[
+            {"role": "user", "content": "What is this?", "images": [tiny_png()]}])
+    assert said.prompt_eval_count is not None and said.prompt_eval_count > IMAGE_TOKENS
     with anthropic.Anthropic(base_url=served.url, api_key="x", max_retries=0) as claude:
         message = claude.messages.create(model="seer", max_tokens=2, messages=[
             {"role": "user", "content": [
@@ -106,9 +107,9 @@ def test_a_model_without_a_projector_says_it_does_not_support_images(served: Ser
     refused = _chat(served, _parts(DATA_URL), model="gemma3:270m")
     assert refused.status_code == 400
     assert "model 'gemma3:270m' does not support images" in refused.json()["error"]["message"]
-    ollama = httpx.post(f"{served.url}/api/generate", timeout=60, json={
+    generate = httpx.post(f"{served.url}/api/generate", timeout=60, json={
         "model": "gemma3:270m", "prompt": "What is this?", "images": [PNG], "stream": False})
-    assert ollama.status_code == 400 and "does not support images" in ollama.json()["error"]
+    assert generate.status_code == 400 and "does not support images" in generate.json()["error"]
 
 
 @pytest.mark.parametrize(("url", "says"), [

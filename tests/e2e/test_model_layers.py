@@ -3,6 +3,8 @@ license layers of its manifest shape every answer and are shown by /api/show."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.server import Served, gemma_models, start_server
+from tests.e2e.server import Served, environment, gemma_models, start_server
 from tests.fakes.registry import MODEL, FakeRegistry
 
 pytestmark = pytest.mark.usefixtures("real_variants")
@@ -45,9 +47,13 @@ def registry(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
-           gemma_path: Path) -> Iterator[Served]:
-    server = start_server(tmp_path_factory.mktemp("whole"), gemma_models(gemma_path), {
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("whole")
+
+
+@pytest.fixture(scope="module")
+def served(root: Path, registry: FakeRegistry, gemma_path: Path) -> Iterator[Served]:
+    server = start_server(root, gemma_models(gemma_path), {
         "SWITCHBOARD_REGISTRY": registry.host,
         # Hugging Face's registry, played by the loopback one under its name.
         "SWITCHBOARD_REGISTRY_MIRRORS": f"hf.co={registry.url}"})
@@ -123,3 +129,17 @@ def test_a_hugging_face_name_pulls_through_the_registry_protocol_and_serves(
         (method, path, None) for method, path, _ in registry.requests]
     assert name in [m["name"] for m in httpx.get(f"{served.url}/api/tags").json()["models"]]
     assert _chat(served, name, max_tokens=2)["completion_tokens"] == 2
+
+
+def test_the_cli_show_says_what_the_layers_say(served: Served, root: Path,
+                                              registry: FakeRegistry) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--config", str(root / "switchboard.yaml"),
+         "show", "whole"], capture_output=True, text=True, timeout=60,
+        env=environment(SWITCHBOARD_HOME=str(root / "home"), SWITCHBOARD_REGISTRY=registry.host))
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "num_predict=3" in text and "You are a pirate." in text
+    assert "2 before each conversation" in text and "Gemma Terms of Use" in text
+    assert "format of its Ollama template layer" in text and "completion" in text
+    assert "Traceback" not in shown.stderr
