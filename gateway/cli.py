@@ -1,4 +1,5 @@
-"""The ``switchboard`` command."""
+"""switchboard: an OpenAI-, Anthropic- and Ollama-compatible gateway that runs llama.cpp's
+llama-server per model."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,14 @@ from gateway import backends_cli, create_cli
 from gateway.drain import DrainState
 from gateway.store_cli import add_commands
 from runner.cluster_config import cluster_config, is_loopback
-from runner.settings import DEFAULT_MODEL, Settings, SettingsError, describe, load_settings
+from runner.settings import (
+    DEFAULT_MODEL,
+    Settings,
+    SettingsError,
+    config_path,
+    describe,
+    load_settings,
+)
 from runner.units import format_bytes
 
 
@@ -95,6 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, host=args.host, port=args.port,
                              cluster=args.cluster)
     _setup_logging(settings.log_level)
+    found = config_path(args.config)
+    logging.getLogger("gateway.cli").info(
+        "config: %s", found.resolve() if found is not None else "none found (defaults and "
+        "SWITCHBOARD_* only; looked for ./configs/switchboard.yaml, $SWITCHBOARD_HOME/"
+        "switchboard.yaml and ~/.config/switchboard/switchboard.yaml)")
     if not settings.api_keys and not is_loopback(settings.host) and not args.insecure:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
@@ -158,13 +172,41 @@ def cmd_build_runners(args: argparse.Namespace) -> int:
 
 
 def _server_url(settings: Settings) -> str:
+    """The server the client verbs talk to: ``--url``/SWITCHBOARD_URL, else this machine's
+    server as its own settings say."""
+    if settings.url:
+        return settings.url.rstrip("/")
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     return f"http://{host}:{settings.port}"
 
 
 def _admin_headers(settings: Settings) -> dict[str, str]:
-    """The server's own key, when it has any: the CLI runs beside it with the same settings."""
-    return {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+    """SWITCHBOARD_API_KEY, the client's own; else the server's first key, for a CLI run
+    beside the server with its settings."""
+    key = settings.api_key or (settings.api_keys[0] if settings.api_keys else None)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _client_settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    url = getattr(args, "url", None)
+    return settings.model_copy(update={"url": url}) if url else settings
+
+
+def error_message(response: Any) -> str:
+    """What a server's error response says, whichever API family's shape it came in
+    (OpenAI's, Anthropic's, Ollama's bare string) or none (a proxy's page)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    text = (response.text or "").strip().splitlines()
+    return f"HTTP {response.status_code}" + (f": {text[0][:200]}" if text else "")
 
 
 def _get_json(settings: Settings, command: str, path: str) -> Any | None:
@@ -179,13 +221,13 @@ def _get_json(settings: Settings, command: str, path: str) -> Any | None:
               file=sys.stderr)
         return None
     if response.status_code != 200:
-        print(f"{command}: {response.json()['error']['message']}", file=sys.stderr)
+        print(f"{command}: {error_message(response)}", file=sys.stderr)
         return None
     return response.json()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    answer = _get_json(load_settings(args.config), "ps", "/api/ps")
+    answer = _get_json(_client_settings(args), "ps", "/api/ps")
     if answer is None:
         return 1
     fleet = any(m.get("node") for m in answer["models"])  # a NODE column in a fleet only
@@ -203,7 +245,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    answer = _get_json(load_settings(args.config), "nodes", "/api/nodes")
+    answer = _get_json(_client_settings(args), "nodes", "/api/nodes")
     if answer is None:
         return 1
     print(f"{'NODE':20} {'URL':28} {'STATE':17} {'VERSION':9} {'MODELS':>6} {'BUSY':>9} "
@@ -221,7 +263,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     import httpx
 
-    settings = load_settings(args.config)
+    settings = _client_settings(args)
     try:
         response = httpx.post(f"{_server_url(settings)}/api/unload", json={"model": args.model},
                               timeout=settings.stop_timeout + 15,
@@ -231,7 +273,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if response.status_code != 200:
-        print(f"stop: {response.json()['error']['message']}", file=sys.stderr)
+        print(f"stop: {error_message(response)}", file=sys.stderr)
         return 1
     print(f"{args.model}: {'unloaded' if response.json()['unloaded'] else 'was not loaded'}")
     return 0
@@ -259,6 +301,8 @@ def cmd_help(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"switchboard {version('switchboard')}")
     parser.add_argument("--config", type=Path, help="YAML settings file")
     # Also accepted after the subcommand (`switchboard serve --config x.yaml`); SUPPRESS keeps
     # a subcommand without it from resetting the top-level value.
@@ -287,14 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     create_cli.add_commands(sub, common)
     backends_cli.add_commands(sub, common)
 
+    # The verbs that talk to a running server take its URL (or SWITCHBOARD_URL).
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="the server (default: SWITCHBOARD_URL, else this "
+                        "machine's from its host and port)")
     ps = sub.add_parser("ps", help="list the models a running server has loaded",
-                        parents=[common])
+                        parents=[common, client])
     ps.set_defaults(func=cmd_ps)
     nodes = sub.add_parser("nodes", help="list the nodes of the fleet a running server is in",
-                           parents=[common])
+                           parents=[common, client])
     nodes.set_defaults(func=cmd_nodes)
 
-    stop = sub.add_parser("stop", help="unload a model from a running server", parents=[common])
+    stop = sub.add_parser("stop", help="unload a model from a running server",
+                          parents=[common, client])
     stop.add_argument("model", metavar="MODEL")
     stop.set_defaults(func=cmd_stop)
 

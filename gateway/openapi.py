@@ -251,6 +251,8 @@ _GETS = {
     "/api/tags": "the models clients may name, in Ollama's shape",
     "/api/version": "switchboard's version",
     "/health": "the gateway is up",
+    "/": "'switchboard is running', for clients that probe the root as Ollama's",
+    "/favicon.ico": "the console's icon (SVG)",
     "/metrics": "Prometheus metrics (text)",
     "/openapi.json": "this document",
     "/api/events": "server-sent events of runner, queue, memory, request, pull and log changes "

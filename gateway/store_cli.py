@@ -229,7 +229,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     pull.add_argument("--name", help="with a URL: the name to store it under")
     pull.set_defaults(func=cmd_pull)
 
-    ls = sub.add_parser("ls", parents=[common], help="list stored and configured models")
+    ls = sub.add_parser("ls", parents=[common], aliases=["list"],
+                        help="list stored and configured models")
     ls.set_defaults(func=cmd_ls)
 
     rm = sub.add_parser("rm", parents=[common], help="remove a stored model (and unused blobs)")

@@ -62,7 +62,10 @@ class ModelName:
                   (_MODEL, model, "model name"), (_TAG, tag, "tag"))
         for pattern, value, what in checks:
             if not pattern.fullmatch(value) or ".." in value:
-                raise InvalidNameError(f"invalid {what} {value!r} in model name {text!r}")
+                where = f" in model name {text!r}" if value != raw else ""
+                raise InvalidNameError(
+                    f"invalid {what} {value!r}{where}: letters, digits, '.', '-' and '_' "
+                    "only, as [HOST/][NAMESPACE/]NAME[:TAG]")
         return cls(host.lower(), namespace, model, tag)
 
     @property

@@ -1,6 +1,6 @@
 """Every switchboard knob, declared once.
 
-Precedence, lowest first: field defaults < ``configs/switchboard.yaml`` (or ``--config``) <
+Precedence, lowest first: field defaults < the config file (:func:`config_path`) <
 ``SWITCHBOARD_*`` environment variables < command-line overrides. This is the only module that
 reads ``os.environ``; everything else receives a frozen :class:`Settings` explicitly.
 """
@@ -410,6 +410,14 @@ class Settings(BaseModel):
         1, ge=1, le=5, description="JetStream copies of the fleet's buckets: 3 with three NATS "
         "servers, so the fleet outlives one"
     )
+    # The CLI's own, as a client of a server (run, ps, stop, nodes), apart from the server's.
+    url: str | None = Field(
+        None, description="the server the CLI's client commands talk to; empty = this "
+        "machine's, from host and port"
+    )
+    api_key: str | None = Field(
+        None, description="the key the CLI sends as a client; empty = the first of api_keys"
+    )
     affinity_min_bytes: int = Field(
         256, ge=0, description="in a fleet, a prompt of this many bytes or more goes to the "
         "copy its conversation's opening hashes to (its prompt cache); 0 = off"
@@ -444,6 +452,25 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
+def config_path(config: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file settings come from, the first of: ``--config``, SWITCHBOARD_CONFIG
+    (either must exist), ``./configs/switchboard.yaml``, ``$SWITCHBOARD_HOME/switchboard.yaml``,
+    ``~/.config/switchboard/switchboard.yaml``; None if there is none. Not the working
+    directory alone: ``cd / && switchboard ls`` must see the same models as the server."""
+    environ = os.environ if environ is None else environ
+    named = config or (Path(environ[ENV_PREFIX + "CONFIG"]).expanduser()
+                       if environ.get(ENV_PREFIX + "CONFIG") else None)
+    if named is not None:
+        return named  # read as given: a missing one is an error there, not a silent default
+    home = Path(environ.get(ENV_PREFIX + "HOME") or Path.home() / ".switchboard").expanduser()
+    for candidate in (DEFAULT_CONFIG, home / "switchboard.yaml",
+                      Path.home() / ".config" / "switchboard" / "switchboard.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_settings(
     config: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -451,12 +478,10 @@ def load_settings(
 ) -> Settings:
     """Settings from the YAML file, the environment and explicit overrides, in that order."""
     env = _env_values(os.environ if environ is None else environ)
-    config_env = (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
-    path = config or (Path(config_env) if config_env else None)
+    path = config_path(config, environ)
     file_values: dict[str, Any] = {}
     lines: dict[tuple[str, ...], int] = {}
-    if path is not None or DEFAULT_CONFIG.is_file():
-        path = path or DEFAULT_CONFIG
+    if path is not None:
         try:
             text = path.read_text()
         except OSError as exc:

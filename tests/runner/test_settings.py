@@ -156,3 +156,27 @@ def test_a_registry_mirror_must_be_a_host_and_a_url() -> None:
         "SWITCHBOARD_REGISTRY_MIRRORS": "hf.co=http://10.0.0.5:5000,registry.ollama.ai=https://m"})
     assert mirrored.registry_mirrors == ("hf.co=http://10.0.0.5:5000",
                                          "registry.ollama.ai=https://m")
+
+
+def test_the_config_file_is_looked_for_in_order_not_only_in_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.settings import config_path
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    env = {"SWITCHBOARD_HOME": str(home)}
+    assert config_path(None, env) is None or config_path(None, env) == (
+        Path.home() / ".config" / "switchboard" / "switchboard.yaml")
+    home.mkdir()
+    (home / "switchboard.yaml").write_text("port: 9001\n")
+    assert config_path(None, env) == home / "switchboard.yaml"
+    assert load_settings(None, environ=env).port == 9001
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "switchboard.yaml").write_text("port: 9002\n")
+    assert load_settings(None, environ=env).port == 9002  # ./configs first
+    named = tmp_path / "named.yaml"
+    named.write_text("port: 9003\n")
+    assert load_settings(None, environ={**env, "SWITCHBOARD_CONFIG": str(named)}).port == 9003
+    assert load_settings(named, environ=env).port == 9003
+    with pytest.raises(SettingsError, match="cannot read config"):
+        load_settings(None, environ={**env, "SWITCHBOARD_CONFIG": str(tmp_path / "gone.yaml")})
