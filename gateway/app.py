@@ -61,10 +61,13 @@ def _writable(home: Path) -> bool:
     return os.access(home, os.W_OK)  # EROFS counts: a read-only mount fails even root
 
 
-def _banner(settings: Settings, service: ModelService) -> None:
-    """What an operator needs at start: where, which runner and why, GPUs, models, auth."""
+def _banner(settings: Settings, service: ModelService, config_note: str | None) -> None:
+    """What an operator needs at start: where, which config, which runner and why, GPUs,
+    models, auth."""
     where = f"http://{settings.host}:{settings.port}/v1"
     log.info("switchboard %s listening on %s", version("switchboard"), where)
+    if config_note is not None:
+        log.info("config: %s", config_note)
     lines = service.report()
     for level, line in lines[:1]:  # the runner first, then how the relay writes
         log.log(level, "%s", line)
@@ -102,10 +105,12 @@ def _check_middleware(extra: Sequence[Middleware]) -> None:
 
 
 def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
-               service: ModelService | None = None) -> Starlette:
+               service: ModelService | None = None,
+               config_note: str | None = None) -> Starlette:
     """The gateway over ``service`` (by default this machine's runners, extracted at startup
     and all stopped and removed at shutdown). ``middleware`` goes inside the gateway's own,
-    before routing; it must leave bodies as they are (see ``_check_middleware``)."""
+    before routing; it must leave bodies as they are (see ``_check_middleware``).
+    ``config_note`` says in the start banner which config file the settings came from."""
     _check_middleware(middleware)
     metrics = Metrics()
     models_service: ModelService = service or open_service(settings)
@@ -130,7 +135,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
         app.state.service = models_service
         app.state.upstream = upstream
         app.state.sampler = sampler
-        _banner(settings, models_service)
+        _banner(settings, models_service, config_note)
         try:
             yield
         finally:

@@ -42,7 +42,7 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-async def _serve(settings: Settings, listener: int) -> None:
+async def _serve(settings: Settings, listener: int, config_note: str | None = None) -> None:
     """Serve until SIGTERM, SIGINT or SIGHUP, each of which drains: new requests get 503,
     those in flight get ``shutdown_grace``; a second signal stops at once. SIGHUP drains
     rather than reloads the config: a supervisor restarts the process to reload."""
@@ -65,7 +65,7 @@ async def _serve(settings: Settings, listener: int) -> None:
     config.keep_alive_timeout = 5
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.stop_timeout
-    app = create_app(settings)
+    app = create_app(settings, config_note=config_note)
     drain: DrainState = app.state.drain
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,11 +104,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, host=args.host, port=args.port,
                              cluster=args.cluster)
     _setup_logging(settings.log_level)
-    found = config_path(args.config)
-    logging.getLogger("gateway.cli").info(
-        "config: %s", found.resolve() if found is not None else "none found (defaults and "
-        "SWITCHBOARD_* only; looked for ./configs/switchboard.yaml, $SWITCHBOARD_HOME/"
-        "switchboard.yaml and ~/.config/switchboard/switchboard.yaml)")
     if not settings.api_keys and not is_loopback(settings.host) and not args.insecure:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
@@ -129,8 +124,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serve: cannot listen on {settings.host}:{settings.port}: {reason}{hint}",
               file=sys.stderr)
         return 1
+    found = config_path(args.config)
+    config_note = str(found.resolve()) if found is not None else (
+        "none found (defaults and SWITCHBOARD_* only; looked for ./configs/switchboard.yaml, "
+        "$SWITCHBOARD_HOME/switchboard.yaml and ~/.config/switchboard/switchboard.yaml)")
     try:
-        uvloop.run(_serve(settings, listener.detach()))
+        uvloop.run(_serve(settings, listener.detach(), config_note))
     except Exception as exc:
         # The lifespan's extraction failed: Hypercorn reports it as a LifespanFailureError
         # holding Starlette's traceback text, raised while handling ours, so ours is found

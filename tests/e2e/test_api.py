@@ -201,3 +201,4 @@ def test_start_banner_says_where_which_runner_and_why_gpus_models_and_auth(
     assert "GPUs: none found" in log or "GPU 0:" in log
     assert "models (1): gemma3:270m" in log
     assert "auth: on (3 keys)" in log
+    assert "config: /" in log and "switchboard.yaml" in log  # the file the settings came from

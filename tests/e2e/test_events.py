@@ -141,9 +141,16 @@ def test_a_stream_waiting_for_a_slow_load_gets_pings_and_succeeds(served: Served
                 model="slow", messages=[{"role": "user", "content": "hi"}], stream=True)
             return "".join(c.choices[0].delta.content or "" for c in chunks)
 
+    def waiting() -> bool:
+        metrics = httpx.get(f"{served.url}/metrics", timeout=5).text
+        return "switchboard_queue_depth 1.0" in metrics
+
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # One slot: the raw stream must be the request the load serves (the other waits for
+        # its slot, not for the load), so it goes first, and the SDK's once it is queued.
         lines_future = pool.submit(raw)
+        assert wait_until(waiting, 5)
         text_future = pool.submit(sdk)
         lines, text = lines_future.result(), text_future.result()
     assert time.monotonic() - started >= SLOW_LOAD
