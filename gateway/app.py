@@ -149,6 +149,7 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
     app = Starlette(
         routes=[
             *relayed, *model_list.routes, *ollama.local_models.routes, *ollama.create.routes,
+            *ollama.blobs.routes,
             *admin.routes, *pull.routes,
             *events.routes, *nodes.routes, *node_relay.routes, *health.routes, *metrics_routes,
             *openapi.routes,

@@ -287,6 +287,16 @@ def document() -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": PULL}}},
         "responses": _responses("NDJSON progress objects ending in success or an error"),
     }}
+    digest = [{"name": "digest", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "sha256:<64 hex digits>"}]
+    paths["/api/blobs/{digest}"] = {
+        "head": {"parameters": digest, "responses": _responses("200 if the blob is stored")},
+        "post": {"parameters": digest,
+                 "requestBody": {"required": True, "content": {
+                     "application/octet-stream": {"schema": {"type": "string",
+                                                             "format": "binary"}}}},
+                 "responses": _responses("201 once stored (it must hash to its digest)")},
+    }
     paths["/_node/{mode}/{path}"] = {"post": {
         "description": "node-to-node: a request another node of the fleet already translated, "
                        "run on this node's runner of that mode (chat, embeddings, reranking or "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import version
 from typing import Any
@@ -22,7 +23,7 @@ from runner.errors import (
 )
 from runner.events import EventBus
 from runner.memory import gpu_library, gpus, system_memory
-from runner.model_create import CreateRequest, ModelCreator
+from runner.model_create import CreateError, CreateRequest, ModelCreator
 from runner.model_create import Progress as CreateProgress
 from runner.model_defaults import RequestDefaults
 from runner.model_info import ModelDescriber, ModelFacts
@@ -266,6 +267,20 @@ class LocalModelService:
 
     def copy(self, source: str, destination: str) -> None:
         ModelCreator(self._catalog).copy(source, destination)
+
+    def has_blob(self, digest: str) -> bool:
+        try:
+            return self._catalog.store.has_blob(digest)
+        except InvalidNameError:
+            return False
+
+    async def receive_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> None:
+        try:
+            await self._catalog.store.receive_blob(digest, chunks)
+        except InvalidNameError as exc:
+            raise CreateError(str(exc), param="digest") from None
+        except ValueError as exc:
+            raise CreateError(f"blob {digest} not stored: {exc}", param="digest") from None
 
     async def delete(self, model: str) -> None:
         configured = self._catalog.configured(model)

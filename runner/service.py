@@ -14,6 +14,7 @@ HTTP in one place.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -233,6 +234,15 @@ class ModelService(Protocol):
 
     def copy(self, source: str, destination: str) -> None:
         """A stored model under a second name; :class:`CreateError` if it cannot be."""
+        ...
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the store holds the blob ``digest`` (an invalid digest: no)."""
+        ...
+
+    async def receive_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> None:
+        """Store an uploaded blob (Ollama's ``POST /api/blobs``), which must hash to
+        ``digest``; :class:`CreateError` (nothing stored) if it does not."""
         ...
 
 

@@ -12,10 +12,12 @@ is written only after all of its blobs are there, so anything a reader finds is 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,6 +264,32 @@ class ModelStore:
         finally:
             tmp.unlink(missing_ok=True)
         return digest, size, new
+
+    async def receive_blob(self, digest: str, chunks: AsyncIterator[bytes],
+                           limit: int | None = None) -> int:
+        """Store the bytes of ``chunks`` as the blob ``digest`` (Ollama's blob upload);
+        their size. Hashed as they arrive and renamed into place only if they hash to
+        ``digest``: a wrong or cut-off upload leaves nothing. ValueError says why not."""
+        check_digest(digest)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.blobs_dir / f".upload.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with tmp.open("wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        raise ValueError(f"the blob is larger than {limit} bytes")
+                    hasher.update(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            got = "sha256:" + hasher.hexdigest()
+            if got != digest:
+                raise ValueError(f"the upload hashes to {got}, not {digest}")
+            tmp.replace(self.blob_path(digest))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
 
     def remove(self, text: str) -> list[str]:
         """Delete a model's manifest and every blob no other manifest references; returns the

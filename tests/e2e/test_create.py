@@ -14,6 +14,7 @@ import ollama
 import pytest
 
 from tests.e2e.server import Served, environment, gemma_models, start_server
+from tests.fakes.lora import write_lora
 
 pytestmark = pytest.mark.usefixtures("real_variants")
 HI = [{"role": "user", "content": "Say hi"}]
@@ -113,3 +114,27 @@ def test_the_cli_creates_from_a_modelfile_and_copies_on_the_servers_store(
         bad.stderr and "Traceback" not in bad.stderr
     again = _cli(root, "create", "poet", "-f", str(tmp_path / "Modelfile"))
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_uploaded_blobs_make_a_model_and_its_adapter_as_ollama_create_does(
+        served: Served, client: ollama.Client, gemma_path: Path, tmp_path: Path) -> None:
+    digest = client.create_blob(gemma_path)  # POST /api/blobs/<digest>: 253 MB, past the
+    adapter = client.create_blob(write_lora(tmp_path / "lora.gguf", gemma_path))  # body limit
+    assert httpx.head(f"{served.url}/api/blobs/{digest}", timeout=10).status_code == 200
+    client.create(model="uploaded", files={"gemma.gguf": digest},
+                  adapters={"lora.gguf": adapter}, parameters={"num_predict": 2})
+    assert _tokens(served, "uploaded") == 2
+    assert "ADAPTER " in (client.show("uploaded").modelfile or "")
+    lie = "sha256:" + "0" * 64
+    refused = httpx.post(f"{served.url}/api/blobs/{lie}", content=b"not that", timeout=10)
+    assert refused.status_code == 400 and "hashes to sha256:" in refused.json()["error"]
+    assert httpx.head(f"{served.url}/api/blobs/{lie}", timeout=10).status_code == 404
+    missing = httpx.post(f"{served.url}/api/create", timeout=30, json={
+        "model": "nofile", "files": {"x.gguf": lie}, "stream": False})
+    assert missing.status_code == 400 and "upload it first" in missing.json()["error"]
+
+
+def test_a_made_model_is_listed_by_ls(root: Path, client: ollama.Client) -> None:
+    client.create(model="listed", from_="gemma3:270m", system="Listed.")
+    listed = _cli(root, "ls")
+    assert listed.returncode == 0 and "listed:latest" in listed.stdout

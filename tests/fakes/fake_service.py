@@ -306,6 +306,7 @@ class FakeModelService:
     templates: dict[str, str] = field(default_factory=dict)  # by canonical name, for facts
     vision: set[str] = field(default_factory=set)  # canonical names that have a projector
     copied: list[tuple[str, str]] = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # what receive_blob took
 
     acquired: list[Acquired] = field(default_factory=list, init=False)
     in_flight: int = field(default=0, init=False)
@@ -373,6 +374,12 @@ class FakeModelService:
         if refusal is not None:
             raise refusal
         self.copied.append((source, destination))
+
+    def has_blob(self, digest: str) -> bool:
+        return digest in self.blobs
+
+    async def receive_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> None:
+        self.blobs[digest] = b"".join([chunk async for chunk in chunks])
 
     def request_defaults(self, name: str) -> RequestDefaults:
         return self.defaults.get(self.canonical(name) or name, RequestDefaults())
