@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from gateway import backends_cli, create_cli
+from gateway import backends_cli, create_cli, run_cli
 from gateway.drain import DrainState
 from gateway.store_cli import add_commands
 from runner.cluster_config import cluster_config, is_loopback
@@ -225,6 +225,24 @@ def _get_json(settings: Settings, command: str, path: str) -> Any | None:
     return response.json()
 
 
+def from_now(iso: str, now: float | None = None) -> str:
+    """'4 minutes from now', as Ollama's ps says when a model unloads."""
+    import datetime as dt
+    import time
+
+    try:
+        seconds = dt.datetime.fromisoformat(iso).timestamp() - (now or time.time())
+    except ValueError:
+        return iso
+    if seconds < 1:
+        return "Less than a second from now" if seconds > -1 else "now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''} from now"
+    return "now"
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     answer = _get_json(_client_settings(args), "ps", "/api/ps")
     if answer is None:
@@ -235,7 +253,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
           f"{'CTX':>6} {'BUSY':>4} {'RSS':>9}  UNTIL")
     for m in answer["models"]:
         rss = m["memory"]["actual_bytes"]
-        until = "busy" if m["in_flight"] else (m["expires_at"] or "forever")
+        until = "busy" if m["in_flight"] else (
+            from_now(m["expires_at"]) if m["expires_at"] else "forever")
         node = f"{m.get('node') or '-':12} " if fleet else ""
         print(f"{m['model']:24} {node}{m['mode']:10} {m['pid'] or '-':>8} {m['variant']:10} "
               f"{m['ctx_size']:>6} {m['in_flight']:>4} "
@@ -345,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                           parents=[common, client])
     stop.add_argument("model", metavar="MODEL")
     stop.set_defaults(func=cmd_stop)
+    run_cli.add_commands(sub, common, client)
 
     config = sub.add_parser("config", help="list every setting with its default", parents=[common])
     shape = config.add_mutually_exclusive_group()

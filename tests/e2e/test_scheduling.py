@@ -92,6 +92,7 @@ def test_ps_and_stop_cli_talk_to_the_server(served: Served) -> None:
     ps = subprocess.run([sys.executable, "-m", "gateway.cli", "ps"], env=env,
                         capture_output=True, text=True, timeout=30)
     assert ps.returncode == 0 and "gemma3:270m" in ps.stdout, ps.stderr
+    assert re.search(r"\b(5\d seconds|1 minute) from now$", ps.stdout.strip()), ps.stdout
     stop = subprocess.run([sys.executable, "-m", "gateway.cli", "stop", "gemma"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert stop.returncode == 0 and "unloaded" in stop.stdout, stop.stderr
