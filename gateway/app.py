@@ -45,6 +45,7 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.images import ImageCheck
 from gateway.metrics import Metrics
 from gateway.metrics import routes as metrics_routes
+from gateway.preload import preloading
 from gateway.relay_dispatch import RelayDispatch
 from gateway.upstream import UpstreamPool
 from runner.service import ModelService, open_service
@@ -137,7 +138,8 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
         app.state.sampler = sampler
         _banner(settings, models_service, config_note)
         try:
-            yield
+            async with preloading(models_service, settings.preload):
+                yield
         finally:
             await sampler.aclose()
             await models_service.close()

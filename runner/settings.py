@@ -422,6 +422,10 @@ class Settings(BaseModel):
         256, ge=0, description="in a fleet, a prompt of this many bytes or more goes to the "
         "copy its conversation's opening hashes to (its prompt cache); 0 = off"
     )
+    preload: CommaList = Field(
+        (), description="models loaded as the server starts, so the first request does not "
+        "wait for a load"
+    )
     models: dict[str, ModelConfig] = Field(
         default_factory=_default_models, description="models by the name clients send"
     )

@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Served, environment, gemma_models, start_server, write_config
+from tests.e2e.server import (
+    Served,
+    environment,
+    gemma_models,
+    start_server,
+    wait_until,
+    write_config,
+)
 
 KEY = "sk-cli-client"
 pytestmark = pytest.mark.usefixtures("real_variants")
@@ -79,3 +86,19 @@ def test_the_root_answers_as_ollamas_does_and_the_console_has_an_icon(served: Se
     icon = httpx.get(f"{served.url}/favicon.ico", timeout=10)
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     assert 'rel="icon"' in httpx.get(f"{served.url}/ui/", timeout=10).text
+
+
+def test_preloaded_models_are_loaded_before_any_request(tmp_path: Path,
+                                                        gemma_path: Path) -> None:
+    server = start_server(tmp_path, gemma_models(gemma_path),
+                          {"SWITCHBOARD_PRELOAD": "gemma,nosuch:1b"})
+    try:
+        def loaded() -> list[str]:
+            return [m["name"] for m in httpx.get(f"{server.url}/api/ps", timeout=5).json()[
+                "models"]]
+
+        assert wait_until(lambda: loaded() == ["gemma3:270m"], 30), loaded()
+        log = server.log_text()
+        assert "preload: model 'nosuch:1b' not found" in log and "Traceback" not in log
+    finally:
+        server.stop()
