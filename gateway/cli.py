@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import backends_cli, create_cli, run_cli
+from gateway.client import client_headers, client_settings, error_message, server_url
 from gateway.drain import DrainState
 from gateway.store_cli import add_commands
 from runner.cluster_config import cluster_config, is_loopback
@@ -170,53 +171,15 @@ def cmd_build_runners(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server_url(settings: Settings) -> str:
-    """The server the client verbs talk to: ``--url``/SWITCHBOARD_URL, else this machine's
-    server as its own settings say."""
-    if settings.url:
-        return settings.url.rstrip("/")
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return f"http://{host}:{settings.port}"
-
-
-def _admin_headers(settings: Settings) -> dict[str, str]:
-    """SWITCHBOARD_API_KEY, the client's own; else the server's first key, for a CLI run
-    beside the server with its settings."""
-    key = settings.api_key or (settings.api_keys[0] if settings.api_keys else None)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _client_settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
-    url = getattr(args, "url", None)
-    return settings.model_copy(update={"url": url}) if url else settings
-
-
-def error_message(response: Any) -> str:
-    """What a server's error response says, whichever API family's shape it came in
-    (OpenAI's, Anthropic's, Ollama's bare string) or none (a proxy's page)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    text = (response.text or "").strip().splitlines()
-    return f"HTTP {response.status_code}" + (f": {text[0][:200]}" if text else "")
-
-
 def _get_json(settings: Settings, command: str, path: str) -> Any | None:
     """GET ``path`` from the running server; None (said on stderr) when that fails."""
     import httpx
 
     try:
-        response = httpx.get(f"{_server_url(settings)}{path}", timeout=10,
-                             headers=_admin_headers(settings))
+        response = httpx.get(f"{server_url(settings)}{path}", timeout=10,
+                             headers=client_headers(settings))
     except httpx.HTTPError as exc:
-        print(f"{command}: cannot reach switchboard at {_server_url(settings)}: {exc}",
+        print(f"{command}: cannot reach switchboard at {server_url(settings)}: {exc}",
               file=sys.stderr)
         return None
     if response.status_code != 200:
@@ -244,7 +207,7 @@ def from_now(iso: str, now: float | None = None) -> str:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    answer = _get_json(_client_settings(args), "ps", "/api/ps")
+    answer = _get_json(client_settings(args), "ps", "/api/ps")
     if answer is None:
         return 1
     fleet = any(m.get("node") for m in answer["models"])  # a NODE column in a fleet only
@@ -263,7 +226,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    answer = _get_json(_client_settings(args), "nodes", "/api/nodes")
+    answer = _get_json(client_settings(args), "nodes", "/api/nodes")
     if answer is None:
         return 1
     print(f"{'NODE':20} {'URL':28} {'STATE':17} {'VERSION':9} {'MODELS':>6} {'BUSY':>9} "
@@ -281,13 +244,13 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     import httpx
 
-    settings = _client_settings(args)
+    settings = client_settings(args)
     try:
-        response = httpx.post(f"{_server_url(settings)}/api/unload", json={"model": args.model},
+        response = httpx.post(f"{server_url(settings)}/api/unload", json={"model": args.model},
                               timeout=settings.stop_timeout + 15,
-                              headers=_admin_headers(settings))
+                              headers=client_headers(settings))
     except httpx.HTTPError as exc:
-        print(f"stop: cannot reach switchboard at {_server_url(settings)}: {exc}",
+        print(f"stop: cannot reach switchboard at {server_url(settings)}: {exc}",
               file=sys.stderr)
         return 1
     if response.status_code != 200:

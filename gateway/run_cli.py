@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.client import client_headers, client_settings, error_message, server_url
+
 # Ollama's option names, as /set parameter takes them -> the OpenAI request field.
 PARAMETERS: dict[str, tuple[str, type]] = {
     "temperature": ("temperature", float), "top_p": ("top_p", float), "top_k": ("top_k", int),
@@ -60,7 +62,7 @@ class Session:
                               headers=self.headers, timeout=httpx.Timeout(600, connect=10)) as r:
                 if r.status_code != 200:
                     r.read()
-                    raise RunError(_error(r))
+                    raise RunError(error_message(r))
                 waiting = True
                 for line in r.iter_lines():
                     if line.startswith(": loading"):
@@ -161,12 +163,6 @@ def _multiline(first: str, lines: Iterator[str], prompt: Callable[[str], None]) 
         parts.append(line)
 
 
-def _error(response: httpx.Response) -> str:
-    from gateway.cli import error_message
-
-    return error_message(response)
-
-
 def _spinner() -> tuple[Callable[[], None], Callable[[], None]]:
     """(loading, loaded) for a turn: a spinner on stderr while the model loads."""
     from rich.console import Console
@@ -190,16 +186,14 @@ def _spinner() -> tuple[Callable[[], None], Callable[[], None]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.cli import _admin_headers, _client_settings, _server_url
-
-    settings = _client_settings(args)
-    key = _admin_headers(settings).get("Authorization", "").removeprefix("Bearer ") or None
+    settings = client_settings(args)
+    key = client_headers(settings).get("Authorization", "").removeprefix("Bearer ") or None
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    session = Session(_server_url(settings), key, args.model, write)
+    session = Session(server_url(settings), key, args.model, write)
     text = " ".join(args.prompt) if args.prompt else None
     if text is None and not sys.stdin.isatty():
         text = sys.stdin.read().strip() or None
