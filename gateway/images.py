@@ -102,9 +102,10 @@ class ImageCheck:
         self.hosts = {host.lower() for host in settings.image_url_hosts}
         self._fetch = fetch or _fetch
 
-    async def prepare(self, service: ModelService, model: str, images: list[Image]) -> None:
-        """Refuse what cannot go to ``model``'s runner; fetch and inline what may. Raises
-        :class:`APIError` (400) naming the image by its place in the request."""
+    async def prepare(self, service: ModelService, model: str, images: list[Image]) -> bool:
+        """Refuse what cannot go to ``model``'s runner; fetch and inline what may; whether
+        any image was rewritten (fetched). Raises :class:`APIError` (400) naming the image
+        by its place in the request."""
         try:
             facts = await service.facts(model)
         except ModelNotFoundError:
@@ -113,10 +114,12 @@ class ImageCheck:
             raise APIError(400, f"model '{model}' does not support images: it has no vision "
                            "projector (a projector layer, or `projector:` in its config)",
                            param="messages", code="model_not_supported")
+        fetched = False
         for number, image in enumerate(images, 1):
-            await self._check(number, image)
+            fetched = await self._check(number, image) or fetched
+        return fetched
 
-    async def _check(self, number: int, image: Image) -> None:
+    async def _check(self, number: int, image: Image) -> bool:
         value = image.value
         if image.anthropic and image.key == "data":
             payload = value
@@ -127,7 +130,7 @@ class ImageCheck:
         elif value.startswith(("http://", "https://")):
             media_type, data = await self._fetched(number, value)
             image.inline(media_type, data)
-            return
+            return True
         elif value.startswith("file:"):
             raise _refuse(number, "is a file: URL: send the image inline, as base64")
         else:
@@ -136,6 +139,7 @@ class ImageCheck:
             await asyncio.to_thread(self._decoded, number, payload)
         else:
             self._decoded(number, payload)
+        return False
 
     def _decoded(self, number: int, payload: str) -> bytes:
         # Sized from its length first: a 50 MB string is refused without decoding it.

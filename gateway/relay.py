@@ -353,8 +353,8 @@ class Relay:
         try:
             if self._images is not None:
                 images, check = self._images
-                await check.prepare(self._service, self._model, images)
-                self._body = orjson.dumps(self._prompt[0])  # URLs fetched are inline now
+                if await check.prepare(self._service, self._model, images):
+                    self._body = orjson.dumps(self._prompt[0])  # fetched URLs are inline now
             with service_errors(self._model):
                 for attempt in (1, 2):
                     try:
@@ -399,12 +399,11 @@ class Relay:
             if self._translation is not None:
                 self._translation.begin(lease, waited)
             data, prompt_bytes = self._prompt
-            if not lease.path_prefix:  # ours to run: the model's own defaults go in now
-                defaults = self._service.request_defaults(lease.model)
-                if defaults and apply_defaults(self._path, data, defaults):
-                    self._body = orjson.dumps(data)
-                if "lora" in data:
-                    check_lora(lease.model, data, defaults.adapters)
+            defaults = lease.defaults  # empty on a hop: the serving node's lease has them
+            if defaults and apply_defaults(self._path, data, defaults):
+                self._body = orjson.dumps(data)
+            if "lora" in data and not lease.path_prefix:
+                check_lora(lease.model, data, defaults.adapters)
             check_fits(lease.context, data, prompt_bytes)
             await self._forward(lease, send)
 

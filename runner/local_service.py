@@ -25,7 +25,6 @@ from runner.events import EventBus
 from runner.memory import gpu_library, gpus, system_memory
 from runner.model_create import CreateError, CreateRequest, ModelCreator
 from runner.model_create import Progress as CreateProgress
-from runner.model_defaults import RequestDefaults
 from runner.model_info import ModelDescriber, ModelFacts
 from runner.model_source import is_store_source
 from runner.payloads import Payloads, extract, find_system_binary
@@ -47,7 +46,6 @@ from runner.units import format_bytes
 from runner.variants import explain, read_cpu_flags
 
 log = logging.getLogger(__name__)
-NO_DEFAULTS = RequestDefaults()
 # Registries anyone may name in a pull through the API, like the default one: public, and
 # nowhere inside this server's network. Hugging Face serves Ollama's protocol for its GGUFs.
 PUBLIC_REGISTRIES = ("hf.co", "huggingface.co")
@@ -140,17 +138,6 @@ class LocalModelService:
     def canonical(self, name: str) -> str | None:
         resolved = self._catalog.resolve(name)
         return resolved[0] if resolved is not None else None
-
-    def request_defaults(self, name: str) -> RequestDefaults:
-        resolved = self._catalog.resolve(name)
-        if resolved is None:
-            return NO_DEFAULTS
-        config = resolved.config
-        if not (config.system or config.messages or "stop" in config.options
-                or config.adapters):
-            return NO_DEFAULTS
-        return RequestDefaults(config.system, config.messages,
-                               tuple(config.options.get("stop", ())), len(config.adapters))
 
     async def facts(self, name: str) -> ModelFacts:
         resolved = self._catalog.resolve(name)

@@ -156,11 +156,6 @@ class ModelService(Protocol):
         """The canonical name for a name or alias, or None if it names nothing servable."""
         ...
 
-    def request_defaults(self, name: str) -> RequestDefaults:
-        """What a request for this node's model ``name`` gets when it says nothing of its
-        own: system prompt, messages before the conversation, stop words (empty if none)."""
-        ...
-
     async def facts(self, name: str) -> ModelFacts:
         """What a model is (header, store layers); :class:`ModelNotFoundError` if none."""
         ...

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from runner.memory import GpuMemory
+from runner.model_defaults import NO_DEFAULTS, RequestDefaults
 from runner.modes import RunnerMode
 from runner.pull import Emit
 
@@ -71,6 +72,9 @@ class Lease:
     context: ContextWindow = ContextWindow()
     node: str = ""  # the node whose runner this is
     path_prefix: bytes = b""  # before the runner's path: another node's hop (hop_prefix)
+    # The model's own system prompt, messages, stop words and adapter count, for the relay to
+    # put into a request that brings none (a hop's: the serving node's lease has them).
+    defaults: RequestDefaults = NO_DEFAULTS
 
     @property
     def base_url(self) -> str:

@@ -129,3 +129,12 @@ def test_hostile_images_are_clear_errors_before_a_runner_sees_them(
 def test_a_50_mb_image_is_refused_at_the_door(served: Served) -> None:
     refused = _chat(served, _parts("data:image/png;base64," + "A" * (50 << 20)))
     assert refused.status_code == 413 and refused.json()["error"]["code"] == "body_too_large"
+
+
+def test_the_projector_counts_in_the_models_memory_estimate(served: Served) -> None:
+    assert _prompt_tokens(_chat(served, "hi", model="gemma3:270m")) > 0
+    assert _prompt_tokens(_chat(served, "hi")) > 0
+    estimates = {m["name"]: m["memory"]["estimated_bytes"]
+                 for m in httpx.get(f"{served.url}/api/ps", timeout=5).json()["models"]}
+    projector = served.tmpdir.parent / "mmproj.gguf"
+    assert estimates["seer"] - estimates["gemma3:270m"] == projector.stat().st_size

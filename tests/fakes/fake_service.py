@@ -381,9 +381,6 @@ class FakeModelService:
     async def receive_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> None:
         self.blobs[digest] = b"".join([chunk async for chunk in chunks])
 
-    def request_defaults(self, name: str) -> RequestDefaults:
-        return self.defaults.get(self.canonical(name) or name, RequestDefaults())
-
     def _facts(self, name: str) -> ModelFacts:
         projector = f"/models/{name}-mmproj.gguf" if name in self.vision else None
         return ModelFacts(name=name, config=ModelConfig(source=f"/models/{name}.gguf",
@@ -424,7 +421,10 @@ class FakeModelService:
         try:
             yield Lease(model=canonical, requested=model, host=host, port=port,
                         api_key=self.api_key, connections=self.connections,
-                        context=self.context, node=node, path_prefix=prefix)
+                        context=self.context, node=node, path_prefix=prefix,
+                        # as a real hop's: the serving node applies them, not this one
+                        defaults=RequestDefaults() if prefix else self.defaults.get(
+                            canonical, RequestDefaults()))
         finally:
             self.in_flight -= 1
             self.released += 1

@@ -112,3 +112,25 @@ async def test_anthropic_thinking_and_responses_reasoning_reach_the_runner(
     await _post(client, "/v1/responses", {"model": "tiny", "input": "hi",
                                           "reasoning": {"effort": "low"}})
     assert upstream.last.json()["reasoning"] == {"effort": "low"}
+
+
+@pytest.mark.usefixtures("thinker")
+async def test_the_runners_thinking_blocks_and_reasoning_items_reach_the_client_whole(
+        client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    thinking = {"type": "message", "role": "assistant", "model": "tiny", "content": [
+        {"type": "thinking", "thinking": "Light scatters.", "signature": ""},
+        {"type": "text", "text": "Rayleigh."}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 7, "output_tokens": 2}}
+    upstream.responder = lambda request: json_reply(thinking)
+    claude = await _post(client, "/v1/messages", {"model": "tiny", "max_tokens": 64,
+                                                  "messages": HI})
+    assert claude.json()["content"][0] == thinking["content"][0]  # type: ignore[index]
+    reasoning = {"object": "response", "status": "completed", "model": "tiny", "output": [
+        {"type": "reasoning", "summary": [], "content": [
+            {"type": "reasoning_text", "text": "Light scatters."}]},
+        {"type": "message", "role": "assistant", "content": [
+            {"type": "output_text", "text": "Rayleigh."}]}]}
+    upstream.responder = lambda request: json_reply(reasoning)
+    responses = await _post(client, "/v1/responses", {"model": "tiny", "input": "hi"})
+    assert responses.json()["output"][0]["type"] == "reasoning"
+    assert responses.json()["output"][0]["content"][0]["text"] == "Light scatters."
