@@ -82,7 +82,8 @@ class AccessLog:
                 route = scope.get("route")
                 # Route templates, not raw paths, keep the label set bounded.
                 path = getattr(route, "path", "other")
-                self.metrics.observe_request(path, status, elapsed)
+                self.metrics.observe_request(path, status, elapsed,
+                                             state.get("served_model", ""))
             model = state.get("model")  # set by the relay
             if self.events is not None and model is not None:
                 prompt, completion, rate = state.get("usage") or (None, None, None)

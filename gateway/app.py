@@ -121,8 +121,8 @@ def create_app(settings: Settings, middleware: Sequence[Middleware] = (),
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         upstream = UpstreamPool(max_waiters=settings.max_queue)
 
-        def loaded(runner: str, seconds: float) -> None:
-            metrics.load_seconds.labels(runner).observe(seconds)
+        def loaded(model: str, mode: str, seconds: float) -> None:
+            metrics.load_seconds.labels(model, mode).observe(seconds)
 
         # Else the pool keeps a host for every runner ever started.
         models_service.observe(on_load=loaded, on_stop=upstream.close_host)

@@ -1,17 +1,29 @@
 """GET /metrics: Prometheus text format, on a registry of this app's own (not the global one).
 
-Request counts and latency are recorded by the access-log middleware, tokens by the relay
-(from the usage a runner reports), load times by the model service's load hook; queue depth,
-loaded runners and in-flight requests are read from the service when scraped.
+Request counts and durations (by route and the model that served them) are recorded by the
+access-log middleware; tokens, time to first token, queue wait and generation speed by the
+relay, from what a runner reports, on the node whose runner served the request (a hop's first
+node counts the request, not its tokens, so a fleet's sums count each once); load times by the
+model service's load hook; queue depth, loaded runners and in-flight requests are read from the
+service when scraped. The mode (chat, embeddings, reranking) is a label of its own wherever it
+appears, never part of ``model``. No ``*_created`` series: they double the series count and no
+dashboard reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -20,9 +32,58 @@ from starlette.routing import Route
 
 from runner.service import ModelService
 
-Usage = tuple[int | None, int | None, float | None]  # prompt, completion, tokens/s
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client; this is the only registry
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
+_RATE_BUCKETS = (1, 2.5, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one answer's ``usage`` or ``timings`` say, as far as they say it."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    rate: float | None = None  # generated tokens per second, as the runner measured them
+    generating: float | None = None  # seconds spent generating, as the runner measured them
+    prompt_seconds: float | None = None  # seconds spent on the prompt, as the runner measured
+
+
+def parse_usage(body: bytes) -> Usage | None:
+    """The token counts of a response body or SSE event carrying ``usage`` or ``timings``
+    (llama-server's); None when it carries neither."""
+    start = body.find(b"{")
+    if start < 0:
+        return None
+    try:
+        data = orjson.loads(body[start:].split(b"\n\n", 1)[0])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    usage = data.get("usage")
+    if not isinstance(usage, dict):  # Responses streams nest it in the response
+        response = data.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+    timings = data.get("timings")
+    timings = timings if isinstance(timings, dict) else {}
+    if isinstance(usage, dict):
+        # OpenAI's names, else the Responses and Anthropic APIs' ones.
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    elif timings:
+        prompt, completion = timings.get("prompt_n"), timings.get("predicted_n")
+    else:
+        return None
+    rate = timings.get("predicted_per_second")
+    generating, prompt_ms = timings.get("predicted_ms"), timings.get("prompt_ms")
+    return Usage(prompt if isinstance(prompt, int) else None,
+                 completion if isinstance(completion, int) else None,
+                 float(rate) if isinstance(rate, int | float) and rate > 0 else None,
+                 generating / 1000 if isinstance(generating, int | float) else None,
+                 prompt_ms / 1000 if isinstance(prompt_ms, int | float) else None)
 
 
 class _ServiceGauges(Collector):
@@ -63,14 +124,27 @@ class Metrics:
         self.requests = Counter("switchboard_requests", "HTTP requests answered",
                                 ["route", "status"], registry=self.registry)
         self.latency = Histogram("switchboard_request_duration_seconds",
-                                 "time to the end of the response", ["route"],
+                                 "time to the end of the response, by route and the model that "
+                                 "served it (empty when none did)", ["route", "model"],
                                  buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.first_token = Histogram("switchboard_time_to_first_token_seconds",
+                                     "from the request to its first generated token, queueing "
+                                     "and loading included", ["model"],
+                                     buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("switchboard_queue_wait_seconds",
+                                    "from the request to holding a ready runner (queueing and "
+                                    "any load it waited for)", ["model"],
+                                    buckets=_WAIT_BUCKETS, registry=self.registry)
+        self.generation_rate = Histogram("switchboard_generation_tokens_per_second",
+                                         "tokens generated per second of generation, per "
+                                         "answer", ["model"], buckets=_RATE_BUCKETS,
+                                         registry=self.registry)
         self.prompt_tokens = Counter("switchboard_prompt_tokens", "prompt tokens processed",
                                      ["model"], registry=self.registry)
         self.completion_tokens = Counter("switchboard_completion_tokens",
                                          "tokens generated", ["model"], registry=self.registry)
         self.load_seconds = Histogram("switchboard_runner_load_seconds",
-                                      "spawn to /health 200", ["model"],
+                                      "spawn to /health 200", ["model", "mode"],
                                       buckets=_LOAD_BUCKETS, registry=self.registry)
         # Stream chunks written straight to the client's transport (gateway.direct_write) or
         # through ASGI: a direct path silently lost to a Hypercorn or h11 upgrade shows here.
@@ -80,8 +154,8 @@ class Metrics:
         self._direct_writes = self.relay_writes.labels("direct")
         self._asgi_writes = self.relay_writes.labels("asgi")
         self.registry.register(_ServiceGauges(self))
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._token_children: dict[str, tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._model_children: dict[str, tuple[Any, ...]] = {}
 
     def observe_writes(self, direct: int, asgi: int) -> None:
         """One stream's chunks, counted once at its end rather than per chunk."""
@@ -90,55 +164,43 @@ class Metrics:
         if asgi:
             self._asgi_writes.inc(asgi)
 
-    def observe_request(self, route: str, status: int, seconds: float) -> None:
+    def observe_request(self, route: str, status: int, seconds: float, model: str = "") -> None:
         # labels() hashes and locks on every call; the children are few and fixed, so
         # looking each up once keeps metrics off the per-request profile.
-        children = self._request_children.get((route, status))
+        children = self._request_children.get((route, status, model))
         if children is None:
-            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
-            self._request_children[(route, status)] = children
+            children = (self.requests.labels(route, str(status)),
+                        self.latency.labels(route, model))
+            self._request_children[(route, status, model)] = children
         children[0].inc()
         children[1].observe(seconds)
 
-    def _tokens(self, model: str) -> tuple[Any, Any]:
-        children = self._token_children.get(model)
+    def _of(self, model: str) -> tuple[Any, ...]:
+        children = self._model_children.get(model)
         if children is None:
-            children = (self.prompt_tokens.labels(model), self.completion_tokens.labels(model))
-            self._token_children[model] = children
+            children = (self.prompt_tokens.labels(model), self.completion_tokens.labels(model),
+                        self.first_token.labels(model), self.queue_wait.labels(model),
+                        self.generation_rate.labels(model))
+            self._model_children[model] = children
         return children
 
-    def observe_usage(self, model: str, body: bytes) -> Usage | None:
-        """Count tokens from a response body or SSE event carrying ``usage`` or ``timings``;
-        returns (prompt, completion, generated tokens per second) as far as they are known."""
-        start = body.find(b"{")
-        if start < 0:
-            return None
-        try:
-            data = orjson.loads(body[start:].split(b"\n\n", 1)[0])
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        usage = data.get("usage")
-        timings = data.get("timings")
-        timings = timings if isinstance(timings, dict) else {}
-        if isinstance(usage, dict):
-            # OpenAI's names, else the Responses and Anthropic APIs' ones.
-            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-            completion = usage.get("completion_tokens", usage.get("output_tokens"))
-        elif timings:
-            prompt, completion = timings.get("prompt_n"), timings.get("predicted_n")
-        else:
-            return None
-        prompt_counter, completion_counter = self._tokens(model)
-        if isinstance(prompt, int):
-            prompt_counter.inc(prompt)
-        if isinstance(completion, int):
-            completion_counter.inc(completion)
-        rate = timings.get("predicted_per_second")
-        return (prompt if isinstance(prompt, int) else None,
-                completion if isinstance(completion, int) else None,
-                rate if isinstance(rate, int | float) else None)
+    def observe_wait(self, model: str, seconds: float) -> None:
+        self._of(model)[3].observe(seconds)
+
+    def observe_answer(self, model: str, usage: Usage | None, first_token: float | None,
+                       rate: float | None) -> None:
+        """One answer's tokens, its time to first token and its generation speed, each
+        where known (an embedding has no first token; an answer without usage, no tokens)."""
+        prompt, completion, ttft, _, speed = self._of(model)
+        if usage is not None:
+            if usage.prompt is not None:
+                prompt.inc(usage.prompt)
+            if usage.completion is not None:
+                completion.inc(usage.completion)
+        if first_token is not None:
+            ttft.observe(first_token)
+        if rate is not None:
+            speed.observe(rate)
 
 
 async def metrics(request: Request) -> Response:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
@@ -35,7 +36,7 @@ from gateway.errors import (
     stream_error_event,
 )
 from gateway.images import Image, ImageCheck, find_images
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, parse_usage
 from gateway.request_body import require_model, take_keep_alive
 from gateway.request_defaults import apply_defaults, check_lora
 from gateway.upstream import (
@@ -315,8 +316,12 @@ class Relay:
         self._watchers: list[asyncio.Task[None]] = []
         self._cut = False
         self._images: tuple[list[Image], ImageCheck] | None = None
+        # perf_counter() times, for /metrics: the request's start, its runner ready, the
+        # answer's head (a streamed answer's head comes with its first token).
+        self._began = self._ready_at = self._head_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._began = time.perf_counter()
         self._state = scope.get("state")
         self._scope = scope
         if self._state is not None:
@@ -388,6 +393,11 @@ class Relay:
             # The service measured it (on another node, in a fleet): not again here.
             waited = lease.queue_seconds + lease.load_seconds
             timing = _server_timing(waited, lease.load_seconds)
+            self._ready_at = time.perf_counter()
+            if self._state is not None:
+                self._state["served_model"] = lease.model  # the access log's model label
+            if self._metrics is not None and not lease.path_prefix:  # a hop: counted there
+                self._metrics.observe_wait(lease.model, waited)
             if pinger is not None:
                 await pinger.stop()
                 self._head_sent = self._head_sent or pinger.sent
@@ -428,6 +438,7 @@ class Relay:
         except UpstreamBusyError as exc:
             raise APIError(503, str(exc), code="queue_full",
                            headers={"Retry-After": str(exc.retry_after)}) from exc
+        self._head_at = time.perf_counter()
         try:
             if upstream.status >= 400 or not self._stream:
                 await self._send_whole(lease, upstream, send)
@@ -498,7 +509,7 @@ class Relay:
             if retry is not None:
                 timing = [*timing, (b"retry-after", retry)]
         else:
-            self._observe(lease.model, body)
+            self._observe(lease, body, streamed=False)
             if self._translation is not None:
                 try:
                     body = self._translation.whole(body)
@@ -549,11 +560,33 @@ class Relay:
             "headers": [(b"content-type", content_type), *_SSE_HEAD[1:], *self._timing],
         })
 
-    def _observe(self, model: str, body: bytes) -> None:
-        if self._metrics is not None:
-            usage = self._metrics.observe_usage(model, body)
-            if usage is not None and self._state is not None:
-                self._state["usage"] = usage
+    def _observe(self, lease: Lease, stats: bytes, streamed: bool) -> None:
+        """A successful answer's usage (``stats``: its body, or its last event with counts),
+        time to first token and generation speed: for /metrics where the runner is, and for
+        the access log's request event (the console's recent requests) everywhere."""
+        if self._metrics is None:
+            return
+        usage = parse_usage(stats) if stats else None
+        end = time.perf_counter()
+        first: float | None = None
+        rate = usage.rate if usage is not None else None
+        completion = usage.completion if usage is not None else None
+        if streamed:
+            first = self._head_at - self._began
+            if rate is None and completion and end > self._head_at:
+                rate = completion / (end - self._head_at)
+        elif usage is not None and usage.generating is not None:
+            first = max(end - self._began - usage.generating, 0.0)
+            if rate is None and completion and usage.generating > 0:
+                rate = completion / usage.generating
+        elif rate is None and completion and end > self._ready_at:
+            # llama-server times only its OpenAI answers: an Anthropic or Responses answer
+            # gets a rate over its whole exchange, prompt included.
+            rate = completion / (end - self._ready_at)
+        if not lease.path_prefix:  # a hop's tokens are counted on the node that ran them
+            self._metrics.observe_answer(lease.model, usage, first, rate)
+        if usage is not None and self._state is not None:
+            self._state["usage"] = (usage.prompt, completion, rate)
 
     async def _send_stream(self, lease: Lease, upstream: UpstreamResponse, send: Send) -> None:
         await self._start_stream(send, upstream.status, upstream.header(b"content-type") or _SSE)
@@ -595,8 +628,7 @@ class Relay:
                     queued += 1
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = framer.rest()
-            if stats:
-                self._observe(lease.model, stats[stats.rfind(b"data: {"):])
+            self._observe(lease, stats[stats.rfind(b"data: {"):], streamed=True)
         except _EventTooLargeError:
             tail = stream_error_event(self._dialect, self._too_large(lease, upstream, "an event"))
         except UpstreamError as exc:
@@ -632,8 +664,7 @@ class Relay:
                         await send({"type": "http.response.body", "body": body,
                                     "more_body": True})
             tail = translation.end()
-            if stats:
-                self._observe(lease.model, stats)
+            self._observe(lease, stats, streamed=True)
         except _EventTooLargeError:
             tail = translation.failed(self._too_large(lease, upstream, "an event"))
         except UpstreamError as exc:

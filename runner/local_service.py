@@ -122,9 +122,9 @@ class LocalModelService:
         if on_stop is not None:
             self._on_stop.append(on_stop)
 
-    def _loaded(self, key: str, seconds: float) -> None:
+    def _loaded(self, model: str, mode: str, seconds: float) -> None:
         for observer in self._on_load:
-            observer(key, seconds)
+            observer(model, mode, seconds)
 
     def _stopped(self, port: int) -> None:
         for observer in self._on_stop:

@@ -81,6 +81,7 @@ __all__ = [
     "GpuMemory",
     "InvalidNameError",
     "Lease",
+    "LoadObserver",
     "LocalModelService",
     "MemorySample",
     "ModeNotServedError",

@@ -152,5 +152,5 @@ class NodeRecord:
 
 
 PullJob = Callable[[Emit], Awaitable[object]]  # runs a pull, reporting progress to ``Emit``
-LoadObserver = Callable[[str, float], None]  # (runner key, seconds its load took)
+LoadObserver = Callable[[str, str, float], None]  # (model, mode, seconds its load took)
 StopObserver = Callable[[str, int], None]  # (host, port) of a runner that is gone

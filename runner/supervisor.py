@@ -163,7 +163,7 @@ class Supervisor:
         gpu: GpuInfo | None = None,
         gpu_probe: GpuProbe = gpus,
         gpu_usage: GpuUsage = gpu_memory_of,
-        on_load: Callable[[str, float], None] | None = None,
+        on_load: Callable[[str, str, float], None] | None = None,
         on_stop: Callable[[int], None] | None = None,
         catalog: Catalog | None = None,
         backends: Backends | None = None,
@@ -486,7 +486,7 @@ class Supervisor:
         log.info("memory for %s: estimated %s, resident %s", key, format_bytes(effect.need),
                  format_bytes(steady) if steady else "unknown")
         if self._on_load is not None:
-            self._on_load(key, process.load_seconds)
+            self._on_load(spec.model, spec.mode.value, process.load_seconds)
         self._publish_runner(key, process, "ready", estimated_bytes=effect.need,
                              actual_bytes=steady, vram_bytes=vram)
         self._feed(Ready(effect.runner, steady, vram))

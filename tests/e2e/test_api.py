@@ -161,10 +161,16 @@ def test_metrics_count_requests_tokens_loads_and_runners(served: Served) -> None
 
     chat = "/v1/chat/completions"
     assert value("switchboard_requests_total", route=chat, status="200") >= 2
-    assert value("switchboard_request_duration_seconds_count", route=chat) >= 2
+    assert value("switchboard_request_duration_seconds_count", route=chat,
+                 model="gemma3:270m") >= 2
+    assert value("switchboard_time_to_first_token_seconds_count", model="gemma3:270m") >= 2
+    assert value("switchboard_queue_wait_seconds_count", model="gemma3:270m") >= 2
+    assert value("switchboard_generation_tokens_per_second_count", model="gemma3:270m") >= 2
     assert value("switchboard_completion_tokens_total", model="gemma3:270m") >= 2
     assert value("switchboard_prompt_tokens_total", model="gemma3:270m") > 0
-    assert value("switchboard_runner_load_seconds_count", model="gemma3:270m") >= 1
+    assert value("switchboard_runner_load_seconds_count", model="gemma3:270m",
+                 mode="chat") >= 1
+    assert "_created" not in text
     assert value("switchboard_loaded_runners", model="gemma3:270m", mode="chat") == 1
     assert value("switchboard_runner_memory_bytes", model="gemma3:270m", mode="chat") > 0
     assert ("switchboard_queue_depth", ()) in samples

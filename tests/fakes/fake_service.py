@@ -28,6 +28,7 @@ from runner.service import (
     CreateRequest,
     EventBus,
     Lease,
+    LoadObserver,
     MemorySample,
     ModelFacts,
     ModelNotFoundError,
@@ -92,7 +93,8 @@ def sse_reply(*events: object) -> Reply:
 
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
-TIMINGS = {"prompt_n": 7, "prompt_ms": 1.5, "predicted_n": 2, "predicted_ms": 3.25}
+TIMINGS = {"prompt_n": 7, "prompt_ms": 1.5, "predicted_n": 2, "predicted_ms": 3.25,
+           "predicted_per_second": 615.4}
 
 
 def chat_completion(model: str, content: str = "fake reply") -> dict[str, Any]:
@@ -317,7 +319,7 @@ class FakeModelService:
     pulled: list[str | None] = field(default_factory=list, init=False)
     started: bool = field(default=False, init=False)
     closed: bool = field(default=False, init=False)
-    load_observers: list[Callable[[str, float], None]] = field(default_factory=list, init=False)
+    load_observers: list[LoadObserver] = field(default_factory=list, init=False)
     stop_observers: list[Callable[[str, int], None]] = field(default_factory=list, init=False)
     _events: EventBus = field(default_factory=EventBus, init=False)
 
@@ -344,7 +346,7 @@ class FakeModelService:
     def report(self) -> list[tuple[int, str]]:
         return [(logging.INFO, "runner: fake"), (logging.INFO, f"models: {self.names()}")]
 
-    def observe(self, on_load: Callable[[str, float], None] | None = None,
+    def observe(self, on_load: LoadObserver | None = None,
                 on_stop: Callable[[str, int], None] | None = None) -> None:
         if on_load is not None:
             self.load_observers.append(on_load)
