@@ -99,6 +99,21 @@ class _ServiceGauges(Collector):
                                 value=service.queue_depth)
         yield GaugeMetricFamily("switchboard_event_subscribers", "open /api/events streams",
                                 value=service.events.subscribers)
+        # A fleet's dashboards join every node's series to its name on ``instance``.
+        node = GaugeMetricFamily("switchboard_node_info", "1, labelled with this node's name",
+                                 labels=["node"])
+        node.add_metric([service.node], 1)
+        yield node
+        sample = service.memory()
+        machine = GaugeMetricFamily("switchboard_memory_bytes", "this machine's memory, by "
+                                    "device (ram, gpu0 …) and kind (total, available)",
+                                    labels=["device", "kind"])
+        machine.add_metric(["ram", "total"], sample.ram_total)
+        machine.add_metric(["ram", "available"], sample.ram_available)
+        for gpu in sample.gpus:
+            machine.add_metric([f"gpu{gpu.index}", "total"], gpu.total)
+            machine.add_metric([f"gpu{gpu.index}", "available"], gpu.free)
+        yield machine
         loaded = GaugeMetricFamily("switchboard_loaded_runners", "runners loaded",
                                    labels=["model", "mode"])
         in_flight = GaugeMetricFamily("switchboard_in_flight_requests",
