@@ -15,6 +15,7 @@ from email.utils import formatdate
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.log_escape import escape, escape_quoted
+from gateway.log_json import current_request_id
 from gateway.metrics import Metrics
 from runner.service import EventBus
 
@@ -59,6 +60,7 @@ class AccessLog:
         request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id.decode()
+        context = current_request_id.set(state["request_id"])
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -85,8 +87,8 @@ class AccessLog:
                 self.metrics.observe_request(path, status, elapsed,
                                              state.get("served_model", ""))
             model = state.get("model")  # set by the relay
+            prompt, completion, rate = state.get("usage") or (None, None, None)
             if self.events is not None and model is not None:
-                prompt, completion, rate = state.get("usage") or (None, None, None)
                 self.events.publish("request", {
                     "method": scope["method"], "path": scope["path"], "model": model,
                     "status": status, "ms": round(elapsed * 1000, 1),
@@ -105,4 +107,12 @@ class AccessLog:
                 status,
                 elapsed * 1000,
                 request_id.decode(),
+                # What SWITCHBOARD_LOG_FORMAT=json writes as keys (gateway.log_json).
+                extra={"event": "request", "request_id": state["request_id"],
+                       "method": scope["method"], "path": scope["path"],
+                       "client": client[0] if client else None, "model": model,
+                       "status": status, "duration_ms": round(elapsed * 1000, 1),
+                       "prompt_tokens": prompt, "completion_tokens": completion,
+                       "tokens_per_second": rate},
             )
+            current_request_id.reset(context)

@@ -31,13 +31,16 @@ from runner.settings import (
 from runner.units import format_bytes
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, form: str = "text") -> None:
     from gateway.log_escape import EscapingFormatter
+    from gateway.log_json import JsonLineFormatter
 
     # Escaped centrally: client-controlled text (paths, model names, pull names) reaches many
     # log lines, and one forgotten call site would let a "%0a" forge a line (issue 18).
+    # JSON's own escaping does the same for json lines.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonLineFormatter() if form == "json" else EscapingFormatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     # httpx logs every request at INFO; the health polls of a loading runner would flood.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -104,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, host=args.host, port=args.port,
                              cluster=args.cluster)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     if not settings.api_keys and not is_loopback(settings.host) and not args.insecure:
         print(f"serve: refusing to listen on {settings.host} without API keys: set "
               "SWITCHBOARD_API_KEYS (or api_keys_file), or pass --insecure", file=sys.stderr)
@@ -159,7 +162,7 @@ def cmd_build_runners(args: argparse.Namespace) -> int:
     from runner.build import DEFAULT_VARIANTS, BuildError, build_runners
 
     settings = load_settings(args.config)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     try:
         paths = build_runners(settings.cache_dir, args.variant or list(DEFAULT_VARIANTS),
                               jobs=args.jobs, force=args.force)

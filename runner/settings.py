@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -360,6 +360,10 @@ class Settings(BaseModel):
     )
     threads: int | None = Field(None, ge=1, description="llama-server --threads; empty = its own")
     log_level: str = Field("info", description="debug, info, warning or error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line (time, level, event, "
+        "request id, model, status, tokens, duration)"
+    )
     registry: str = Field(
         "registry.ollama.ai", description="registry host[:port] for names without a host"
     )
