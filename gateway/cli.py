@@ -159,13 +159,17 @@ def _payload_error(exc: BaseException | None) -> BaseException | None:
 
 
 def cmd_build_runners(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from gateway.build_progress import BuildProgress
     from runner.build import DEFAULT_VARIANTS, BuildError, build_runners
 
     settings = load_settings(args.config)
     _setup_logging(settings.log_level, settings.log_format)
     try:
-        paths = build_runners(settings.cache_dir, args.variant or list(DEFAULT_VARIANTS),
-                              jobs=args.jobs, force=args.force)
+        with BuildProgress(Console(stderr=True)) as progress:
+            paths = build_runners(settings.cache_dir, args.variant or list(DEFAULT_VARIANTS),
+                                  jobs=args.jobs, force=args.force, progress=progress)
     except BuildError as exc:
         print(f"build-runners: {exc}", file=sys.stderr)
         return 1

@@ -14,18 +14,35 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.payloads import BINARY, PACKAGE_PAYLOADS, platform_dir
 
 log = logging.getLogger(__name__)
+
+# A variant's compile progress: (variant, steps done, steps in all), from ninja's "[n/m]" (or
+# make's "[ n%]", out of 100) at the start of a build line.
+Progress = Callable[[str, int, int], None]
+_STEP = re.compile(rb"^\[(\d+)/(\d+)\]|^\[\s*(\d+)%\]")
+
+
+def build_step(line: bytes) -> tuple[int, int] | None:
+    """(done, total) if ``line`` is a build tool's progress line."""
+    match = _STEP.match(line)
+    if match is None:
+        return None
+    if match[3] is not None:
+        return int(match[3]), 100
+    return int(match[1]), int(match[2])
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -174,21 +191,36 @@ def _tool(name: str) -> str | None:
     return str(local) if local.is_file() else shutil.which(name)
 
 
-def _run(cmd: list[str], log_file: Path) -> None:
-    with log_file.open("a") as out:
-        out.write(f"\n$ {' '.join(cmd)}\n")
+def _run(cmd: list[str], log_file: Path, progress: Callable[[int, int], None] | None = None
+         ) -> None:
+    """Run a build step, its output appended to ``log_file`` line by line (so the log is
+    whole if it fails) and its progress lines reported as they come."""
+    with log_file.open("ab") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
-        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        tail = log_file.read_text().splitlines()[-30:]
-        raise BuildError(f"{cmd[0]} failed ({result.returncode}); see {log_file}:\n"
-                         + "\n".join(tail))
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                out.write(line)
+                step = build_step(line) if progress is not None else None
+                if step is not None and progress is not None:
+                    progress(*step)
+            returncode = child.wait()
+    if returncode != 0:
+        tail = log_file.read_text(errors="replace").splitlines()[-30:]
+        raise BuildError(f"{cmd[0]} failed ({returncode}); the whole build log is "
+                         f"{log_file}; its last lines:\n" + "\n".join(tail))
 
 
-def compile_variant(source: Path, variant: Variant, build_dir: Path, jobs: int) -> Path:
+def build_log(build_dir: Path) -> Path:
+    return build_dir / "build.log"
+
+
+def compile_variant(source: Path, variant: Variant, build_dir: Path, jobs: int,
+                    progress: Progress | None = None) -> Path:
     """Configure and build llama-server for one variant; returns the binary."""
     build_dir.mkdir(parents=True, exist_ok=True)
-    log_file = build_dir / "build.log"
+    log_file = build_log(build_dir)
     cmake = _tool("cmake")
     if cmake is None:
         raise BuildError("cmake not found: pip install 'switchboard[build]' or install cmake")
@@ -196,7 +228,10 @@ def compile_variant(source: Path, variant: Variant, build_dir: Path, jobs: int) 
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
     _run([cmake, "-S", str(source), "-B", str(build_dir), *generator,
           *COMMON_FLAGS, *variant.flags], log_file)
-    _run([cmake, "--build", str(build_dir), "--target", BINARY, "-j", str(jobs)], log_file)
+    steps = None if progress is None else (
+        lambda done, total: progress(variant.name, done, total))
+    _run([cmake, "--build", str(build_dir), "--target", BINARY, "-j", str(jobs)], log_file,
+         steps)
     binary = build_dir / "bin" / BINARY
     if not binary.is_file():
         raise BuildError(f"build finished but {binary} is missing")
@@ -217,8 +252,10 @@ def build_runners(
     dest_root: Path = PACKAGE_PAYLOADS,
     jobs: int | None = None,
     force: bool = False,
+    progress: Progress | None = None,
 ) -> list[Path]:
-    """Build (or take from cache) each named variant and install it as a package payload."""
+    """Build (or take from cache) each named variant and install it as a package payload,
+    telling ``progress`` how each compile goes."""
     variants = resolve_variants(names)
     jobs = jobs or os.cpu_count() or 2
     installed: list[Path] = []
@@ -238,9 +275,10 @@ def build_runners(
             if source is None:
                 source = unpack_source(fetch_sdist(cache_dir), cache_dir)
             started = time.monotonic()
-            log.info("%s: compiling llama-server (%d jobs)", variant.name, jobs)
             build_dir = cache_dir / "build" / f"{LLAMA_CPP_PYTHON_SHA256[:16]}-{platform_dir()}"
-            binary = compile_variant(source, variant, build_dir, jobs)
+            log.info("%s: compiling llama-server (%d jobs); build log: %s", variant.name, jobs,
+                     build_log(build_dir))
+            binary = compile_variant(source, variant, build_dir, jobs, progress)
             cached.parent.mkdir(parents=True, exist_ok=True)
             partial = cached.with_suffix(".partial")
             with binary.open("rb") as src, gzip.open(partial, "wb", compresslevel=6) as dst:
