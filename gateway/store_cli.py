@@ -11,13 +11,14 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.catalog import Catalog, open_store
 from runner.errors import InvalidNameError, ModelSourceError, StoreError
 from runner.model_source import PACKAGE_PREFIX, is_store_source, package_target, resolve_source
-from runner.settings import Settings, load_settings
-from runner.store import age
+from runner.settings import ModelConfig, Settings, load_settings
+from runner.store import ModelStore, age
 from runner.units import format_count, format_size
 
 if TYPE_CHECKING:
@@ -185,12 +186,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     }[facts.template_source]
     rows = [
         ("name", name),
-        ("source", config.source),
+        ("source", _source(store, config.source)),
         ("file", str(facts.path)),
         ("architecture", facts.architecture or "unknown"),
         ("parameters", format_count(facts.parameters)),
         ("quantization", facts.quantization),
-        ("context length", str(facts.context_length or "unknown")),
+        ("context length", _context(settings, config, facts.path, facts.context_length)),
         ("embedding length", str(facts.embedding_length)),
         ("chat template", template),
         ("capabilities", ", ".join(facts.capabilities)),
@@ -211,6 +212,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"  {key:18} {value}")
     return 0
+
+
+def _source(store: ModelStore, source: str) -> str:
+    """Where the model came from: a URL pull's URL, not the store name it was given."""
+    stored = store.find(source) if is_store_source(source) else None
+    origin = stored.manifest.origin if stored is not None else None
+    return f"{origin} (stored as {stored.display})" if origin and stored else source
+
+
+def _context(settings: Settings, config: ModelConfig, path: Path, trained: int | None) -> str:
+    """What a runner of the model is started with, and what one request gets of it; the
+    GGUF's trained context is only where the configured one comes from when none is set."""
+    from runner.context_window import context_window, runner_context, runner_slots
+
+    ctx = runner_context(config.ctx_size, config.args, trained or 0)
+    if not ctx:
+        return "unknown"
+    slots = runner_slots(config.parallel or settings.num_parallel, config.args)
+    window = context_window(path, config.ctx_size, config.parallel or settings.num_parallel,
+                            config.args)
+    share = f", {window.tokens} per request ({slots} slots)" if slots > 1 and window.tokens \
+        else ""
+    trained_on = f" (the model was trained on {trained})" if trained and trained != ctx else ""
+    return f"{ctx} tokens per runner{share}{trained_on}"
 
 
 def _first_line(text: str) -> str:

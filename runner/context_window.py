@@ -17,6 +17,16 @@ def _flag(args: tuple[str, ...], names: tuple[str, ...]) -> int | None:
     return found
 
 
+def runner_context(ctx_size: int, args: tuple[str, ...], trained: int) -> int:
+    """The context a runner is started with: its ``args``' ``-c`` if any, else the configured
+    ``ctx_size``, else (0) the model's ``trained`` one."""
+    return _flag(args, ("-c", "--ctx-size")) or ctx_size or trained
+
+
+def runner_slots(parallel: int, args: tuple[str, ...]) -> int:
+    return _flag(args, ("-np", "--parallel")) or parallel
+
+
 def context_window(model_path: Path, ctx_size: int, parallel: int, args: tuple[str, ...],
                    info: GGUFInfo | None = None) -> ContextWindow:
     """The context one request may use on a runner, rounded up where llama-server might give
@@ -29,8 +39,8 @@ def context_window(model_path: Path, ctx_size: int, parallel: int, args: tuple[s
             info = read_header(model_path)
         except (GGUFError, OSError):
             return ContextWindow()
-    ctx = _flag(args, ("-c", "--ctx-size")) or ctx_size or info.arch_int("context_length")
-    parallel = _flag(args, ("-np", "--parallel")) or parallel
+    ctx = runner_context(ctx_size, args, info.arch_int("context_length"))
+    parallel = runner_slots(parallel, args)
     unified = "--kv-unified" in args or "-kvu" in args
     slot = ctx if unified else ctx // max(parallel, 1)
     return ContextWindow(-(-slot // 256) * 256, info.longest_token)

@@ -31,7 +31,14 @@ from runner.errors import InvalidNameError, PullError, StoreError
 from runner.names import ModelName, check_digest
 from runner.registry import ManifestNotFoundError, Registry
 from runner.settings import Settings
-from runner.store import MANIFEST_MEDIA, MODEL_MEDIA, Manifest, ModelStore, StoredModel
+from runner.store import (
+    MANIFEST_MEDIA,
+    MODEL_MEDIA,
+    SOURCE_ANNOTATION,
+    Manifest,
+    ModelStore,
+    StoredModel,
+)
 
 GGUF_MAGIC = b"GGUF"
 
@@ -143,7 +150,7 @@ class Puller:
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA,
             "layers": [{"mediaType": MODEL_MEDIA, "digest": digest, "size": size}],
-            "annotations": {"org.opencontainers.image.source": url},
+            "annotations": {SOURCE_ANNOTATION: url},
         }
         return self._finish(name, orjson.dumps(manifest), emit)
 

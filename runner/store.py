@@ -38,6 +38,7 @@ ADAPTER_MEDIA = "application/vnd.ollama.image.adapter"
 DRAFT_MEDIA = "application/vnd.ollama.image.draft"
 MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
+SOURCE_ANNOTATION = "org.opencontainers.image.source"
 _NAMES_KEPT = 4096  # parsed names kept by ModelStore.find before it starts afresh
 
 
@@ -64,6 +65,13 @@ class Manifest(BaseModel):
     media_type: str = Field(MANIFEST_MEDIA, alias="mediaType")
     config: Layer | None = None
     layers: list[Layer]
+    annotations: dict[str, object] = Field(default_factory=dict)  # OCI's: strings, if kept
+
+    @property
+    def origin(self) -> str | None:
+        """The URL a model pulled by URL came from (OCI's source annotation)."""
+        origin = self.annotations.get(SOURCE_ANNOTATION)
+        return origin if isinstance(origin, str) else None
 
     @classmethod
     def parse(cls, raw: bytes, what: str) -> Manifest:
