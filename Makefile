@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-reliability lint payloads model toolchain browser nats bench gpu-check clean
+.PHONY: serve test test-reliability lint payloads console-assets model toolchain browser nats \
+  bench gpu-check clean
 
 # Debian ships venv support separately (python3-venv); install it when we can.
 $(INSTALLED): pyproject.toml
@@ -45,17 +46,21 @@ browser:
 payloads: $(INSTALLED) toolchain
 	$(BIN)/switchboard build-runners
 
+# The console's chart library (uPlot) from the npm registry, pinned by its sha512.
+console-assets: $(INSTALLED)
+	@$(BIN)/python -m gateway.console_assets >/dev/null
+
 model: $(INSTALLED)
 	$(BIN)/switchboard pull gemma3:270m
 
-serve: payloads model
+serve: payloads console-assets model
 	$(BIN)/switchboard serve
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check gateway runner tests bench setup.py
 	$(BIN)/mypy
 
-test: payloads model lint browser nats
+test: payloads console-assets model lint browser nats
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # The reliability suite on its own (its fast part also runs in `make test`).
@@ -76,4 +81,4 @@ bench: payloads model
 	$(BIN)/python -m bench.fleet
 
 clean:
-	rm -rf $(VENV) runner/payloads build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runner/payloads gateway/ui/vendor build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,8 @@
 """Platform wheels that carry the compiled llama-server payloads.
 
 Everything else about the package is in pyproject.toml; this file only adds two build steps.
-``build_py`` compiles the payloads when the tree has none (an sdist, or a fresh clone: about 6
+``build_py`` fetches the console's chart library (``gateway.console_assets``) and compiles the
+payloads when the tree has none (an sdist, or a fresh clone: about 6
 minutes, cached by source digest under ``$SWITCHBOARD_CACHE_DIR`` or ``~/.cache/switchboard``;
 ``$SWITCHBOARD_VARIANTS`` picks them, default ``cpu cpu_avx2``). ``bdist_wheel`` tags the wheel
 for this platform, since it carries native executables (``py3-none-<platform>``: no Python ABI
@@ -30,13 +31,17 @@ class BuildWithPayloads(build_py):
             super().run()
             return
         sys.path.insert(0, str(ROOT))
+        from gateway import console_assets
         from runner.build import DEFAULT_VARIANTS, build_runners
         from runner.payloads import packaged_variants
 
+        cache = Path(os.environ.get("SWITCHBOARD_CACHE_DIR")
+                     or Path.home() / ".cache/switchboard")
         if not packaged_variants():
-            cache = os.environ.get("SWITCHBOARD_CACHE_DIR") or Path.home() / ".cache/switchboard"
-            build_runners(Path(cache), os.environ.get("SWITCHBOARD_VARIANTS", "").split()
+            build_runners(cache, os.environ.get("SWITCHBOARD_VARIANTS", "").split()
                           or list(DEFAULT_VARIANTS))
+        if not console_assets.present():  # the console's chart library, from npm
+            console_assets.fetch(cache)
         super().run()
 
 

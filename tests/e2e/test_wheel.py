@@ -32,6 +32,7 @@ def _checkout(target: Path) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target / name)
     shutil.copytree(REPO / "runner" / "payloads", target / "runner" / "payloads")
+    shutil.copytree(REPO / "gateway" / "ui" / "vendor", target / "gateway" / "ui" / "vendor")
     return target
 
 
@@ -56,7 +57,8 @@ def test_the_wheel_is_for_this_platform_and_carries_the_payloads(wheel: Path) ->
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith("cpu/llama-server.gz") for n in names)
     assert "runner/templates/gemma.jinja" in names
-    console = {"gateway/ui/index.html", "gateway/ui/console.js", "gateway/ui/console.css"}
+    console = {"gateway/ui/index.html", "gateway/ui/console.js", "gateway/ui/console.css",
+               "gateway/ui/vendor/uPlot.iife.min.js", "gateway/ui/vendor/uPlot.LICENSE"}
     assert console <= set(names)
     assert not (wheel.parent.parent / "unused-cache").exists()
 
@@ -118,6 +120,7 @@ def test_the_sdist_carries_no_binary_and_builds_its_payloads(tmp_path: Path) -> 
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
     assert not any("payloads/" in n for n in names) and any(n.endswith("setup.py") for n in names)
+    assert not any("ui/vendor/" in n for n in names)  # fetched by its build, like the payloads
     assert any(n.endswith("configs/switchboard.yaml") for n in names)
     unpacked = tmp_path / "unpacked"
     with tarfile.open(sdist) as tar:
