@@ -16,7 +16,7 @@ import itertools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 # "Automatic" allows this many runners (Ollama's per-GPU default); memory fit applies on top.
 AUTO_MAX_LOADED = 3
 VRAM_RECOVERY = 5.0  # seconds to wait for a stopped runner's GPU memory to show as free
+KEPT_OUTPUTS = 16  # runner keys whose last stopped runner's output is kept for its logs
 
 RunnerFactory = Callable[..., RunnerProcess]
 Estimator = Callable[[Path, int, int], int]  # (gguf, ctx, parallel) -> bytes
@@ -198,6 +199,9 @@ class Supervisor:
         self._specs: dict[tuple[str, Shape], tuple[LaunchSpec, ModelConfig, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # prepares and spawns
         self._stops: dict[int, asyncio.Task[None]] = {}
+        # The output of the last runner of each key that stopped or failed, so its logs can
+        # still be read (why did it fail?) until another takes its key; a few keys at most.
+        self._last_output: dict[str, Collection[str]] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._published_depth = 0
         self._closed = False
@@ -514,6 +518,7 @@ class Supervisor:
             except RunnerStartError as exc:
                 self._publish_runner(key, process, "failed", error=str(exc))
                 await process.stop()
+                self._keep_output(key, process)
                 # SIGILL: the variant uses instructions this CPU lacks; the next may run.
                 if process.returncode == -signal.SIGILL:
                     errors.append(f"{variant}: illegal instruction")
@@ -584,7 +589,14 @@ class Supervisor:
             child.timer = None
         self._feed(TimerFired(runner_id, at))
 
+    def _keep_output(self, key: str, process: RunnerProcess) -> None:
+        self._last_output.pop(key, None)
+        self._last_output[key] = process.output
+        while len(self._last_output) > KEPT_OUTPUTS:
+            del self._last_output[next(iter(self._last_output))]
+
     def _gone(self, process: RunnerProcess) -> None:
+        self._keep_output(runner_key(process.spec.model, process.spec.mode), process)
         if self._on_stop is not None and process.port:
             self._on_stop(process.port)
 
@@ -648,12 +660,13 @@ class Supervisor:
         return found
 
     def runner_output(self, key: str) -> list[str]:
-        """The last output lines of a loaded or loading runner (empty if there is none)."""
+        """The last output lines of the runner of ``key``: loaded or loading, else the last
+        one that stopped or failed (empty if there was none)."""
         for runner in self.scheduler.runners.values():
             child = self._children.get(runner.id)
             if runner.key == key and child is not None:
                 return list(child.process.output)
-        return []
+        return list(self._last_output.get(key, ()))
 
     def loaded(self, sample: bool = True) -> list[RunnerInfo]:
         """Runners currently loaded, in load order; their memory sampled now, unless

@@ -921,3 +921,22 @@ async def test_each_runner_gone_is_reported_by_port_once_unloaded_or_crashed(
     factory.made[1].crash()
     assert gone == [5001, 5002]
     await scheduler.close()
+
+
+async def test_a_stopped_or_crashed_runners_output_can_still_be_read(tmp_path: Path) -> None:
+    factory = Factory()
+    scheduler = _scheduler(tmp_path, factory)
+    await _use(scheduler, "a")
+    factory.made[0].say("srv  load_model: loaded")
+    assert await scheduler.unload("a") is True
+    await asyncio.sleep(0)
+    assert scheduler.loaded() == []
+    factory.made[0].say("srv  main: exiting")  # its last words, after the unload began
+    assert scheduler.runner_output("a") == ["srv  load_model: loaded", "srv  main: exiting"]
+    await _use(scheduler, "b")
+    factory.made[1].say("oops")
+    factory.made[1].crash()
+    assert scheduler.runner_output("b") == ["oops"]
+    await _use(scheduler, "a")  # a new runner of the key: its own output, not the last one's
+    assert scheduler.runner_output("a") == []
+    await scheduler.close()
