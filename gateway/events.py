@@ -40,11 +40,23 @@ def _runner(info: RunnerInfo) -> dict[str, Any]:
         "variant": info.variant, "load_seconds": round(info.load_seconds, 3),
         "ctx_size": info.ctx_size, "in_flight": info.in_flight,
         "estimated_bytes": info.estimated_bytes, "actual_bytes": info.actual_bytes,
-        "vram_bytes": info.vram_bytes,
+        "vram_bytes": info.vram_bytes, **_expiry(info),
     }
 
 
-def snapshot(service: ModelService, logs: str | None) -> dict[str, Any]:
+def _expiry(info: RunnerInfo) -> dict[str, Any]:
+    return {"expires_at": info.expires_at, "keep_alive": info.keep_alive}
+
+
+async def catalog(service: ModelService) -> list[dict[str, Any]]:
+    """Every model clients may name, loaded or not, with the context its runner starts with."""
+    return [{"name": facts.name, "context": facts.runner_context, "size": facts.size,
+             "modes": sorted(str(mode) for mode in facts.config.modes), "problem": facts.problem}
+            for facts in await service.all_facts()]
+
+
+def snapshot(service: ModelService, logs: str | None,
+             models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     runners = [_runner(info) for info in service.loaded()]
     runners += [{"runner": s.runner, "model": s.model, "mode": s.mode, "state": "starting",
                  "pid": s.pid, "variant": s.variant, "estimated_bytes": s.estimated_bytes}
@@ -54,6 +66,7 @@ def snapshot(service: ModelService, logs: str | None) -> dict[str, Any]:
         "queue": service.queue_depth,
         "requests": [{"data": e.data, "at": e.at} for e in service.events.recent_requests],
         "models": service.names(),
+        "catalog": models or [],
         "logs": service.runner_output(logs) if logs else [],
     }
 
@@ -73,8 +86,9 @@ class MemorySampler:
             "ram": {"total": memory.ram_total, "available": memory.ram_available},
             "gpus": [{"index": g.index, "name": g.name, "total": g.total, "free": g.free}
                      for g in memory.gpus],
-            "runners": [{"runner": i.runner, "actual_bytes": i.actual_bytes,
-                         "vram_bytes": i.vram_bytes, "in_flight": i.in_flight}
+            "runners": [{"runner": i.runner, "model": i.model, "mode": i.mode,
+                         "actual_bytes": i.actual_bytes, "vram_bytes": i.vram_bytes,
+                         "in_flight": i.in_flight, **_expiry(i)}
                         for i in self._service.loaded()],
         }
 
@@ -109,7 +123,7 @@ async def events(request: Request) -> Response:
     logs = request.query_params.get("logs") or None
     subscription = bus.subscribe(logs=logs)
     state.sampler.ensure_running()
-    first = snapshot(state.service, logs)
+    first = snapshot(state.service, logs, await catalog(state.service))
 
     async def stream() -> AsyncIterator[bytes]:
         try:

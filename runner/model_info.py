@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gguf
 
+from runner.context_window import runner_context
 from runner.errors import ModelSourceError
 from runner.gguf_header import GGUFError, GGUFInfo, Scalar, read_header
 from runner.model_source import (
@@ -52,6 +53,11 @@ class ModelFacts:
     @property
     def parameter_size(self) -> str:
         return format_count(self.parameters) if self.parameters else ""
+
+    @property
+    def runner_context(self) -> int:
+        """The context a runner of this model starts with (0: unknown)."""
+        return runner_context(self.config.ctx_size, self.config.args, self.context_length)
 
     @property
     def capabilities(self) -> list[str]:

@@ -117,3 +117,70 @@ def test_the_console_shows_loads_logs_unloads_and_pulls(served: Served, tmp_path
             browser.close()
     print(f"console screenshots: {shots}")
     assert len(list(shots.glob("*.png"))) == 6
+
+
+def test_the_console_lists_every_model_charts_its_traffic_and_chats(
+        served: Served, tmp_path: Path) -> None:
+    model = 'tr[data-model="gemma3:270m"]'
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1800})
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(f"{served.url}/ui/")
+            page.wait_for_selector("#key-form:not([hidden])")
+            page.fill("#key", KEY)
+            page.click("#key-form button")
+            page.wait_for_selector('#status[data-status="live"]')
+            # Every model, loaded or not, with the context its runner starts with.
+            page.wait_for_selector(model)
+            assert page.inner_text(f"{model} td:nth-child(3)") == "2048"  # configured
+            if page.get_attribute(model, "data-state") != "not-loaded":
+                page.click(f"{model} button.unload")
+                page.wait_for_selector(f'{model}[data-state="not-loaded"]')
+            assert page.inner_text(f"{model} .state") == "not loaded"
+
+            # Load from the models panel: ready, with its expiry counting down.
+            page.click(f"{model} button.load")
+            page.wait_for_selector(f'{model}[data-state="ready"]')
+            page.wait_for_function(  # the expiry is set once the load's request has ended
+                f"/^in \\d+ (s|minutes?)$/.test(document.querySelector('{model} .expires')"
+                ".textContent)")
+
+            # A playground exchange: the answer streams in, then its speed is shown.
+            requests_before = int(page.get_attribute("#chart-requests", "data-total") or 0)
+            tokens_before = int(page.get_attribute("#chart-tokens", "data-total") or 0)
+            page.click(f"{model} button.chat")
+            assert page.eval_on_selector("#chat-model", "s => s.value") == "gemma3:270m"
+            page.fill("#chat-input", "The capital of France is")
+            page.press("#chat-input", "Enter")
+            page.wait_for_selector('.msg.assistant[data-done="true"]')
+            assert page.inner_text(".msg.user .text") == "The capital of France is"
+            assert page.inner_text(".msg.assistant .text").strip()
+            assert "tokens/s" in page.inner_text("#chat-stats")
+
+            # The charts moved: the exchange is counted, drawn on uPlot's canvas.
+            page.wait_for_function(
+                f"+document.getElementById('chart-requests').dataset.total > {requests_before}"
+                f" && +document.getElementById('chart-tokens').dataset.total > {tokens_before}")
+            page.wait_for_function(
+                "+document.getElementById('chart-memory').dataset.total > 1")
+            for chart in ("tokens", "requests", "memory"):
+                assert page.locator(f"#chart-{chart} canvas").count() == 1
+            page.screenshot(path=tmp_path / "7-charts-and-playground.png", full_page=True)
+
+            # The logs follow the runner through its unload, and stay.
+            page.click(f"{model} button.logs")
+            page.wait_for_function("document.getElementById('logs').textContent.length > 0")
+            page.click(f"{model} button.unload")
+            page.wait_for_selector(f'{model}[data-state="not-loaded"]')
+            page.wait_for_function(
+                "document.getElementById('logs').textContent.includes('runner stopped')")
+            assert "srv" in page.inner_text("#logs")  # its own lines are still there
+            assert page.inner_text("#logs-of") == "gemma3:270m (stopped)"
+            page.screenshot(path=tmp_path / "8-logs-after-unload.png", full_page=True)
+        finally:
+            browser.close()
+    assert errors == []

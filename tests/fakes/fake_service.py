@@ -141,6 +141,8 @@ def anthropic_stream(model: str) -> Reply:
             "content": [], "usage": {"input_tokens": 7, "output_tokens": 0}}}),
         event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                       "delta": {"type": "text_delta", "text": "fake"}}),
+        event("message_delta", {"type": "message_delta", "delta": {
+            "stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 2}}),
         event("message_stop", {"type": "message_stop"}),
     ), chunked=True)
 

@@ -319,7 +319,8 @@ async def test_a_streamed_anthropic_message_keeps_its_event_lines(
     assert response.headers["content-type"] == "text/event-stream"
     assert response.content == b"".join(anthropic_stream("tiny").parts)
     assert [line for line in response.content.split(b"\n") if line.startswith(b"event:")] == [
-        b"event: message_start", b"event: content_block_delta", b"event: message_stop"]
+        b"event: message_start", b"event: content_block_delta", b"event: message_delta",
+        b"event: message_stop"]
 
 
 async def test_an_anthropic_message_without_max_tokens_is_refused_in_anthropics_shape(

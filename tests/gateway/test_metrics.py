@@ -66,6 +66,18 @@ async def test_an_answer_without_timings_gets_a_speed_and_requests_without_a_mod
                   route="/v1/models", model="") == 1
 
 
+async def test_anthropic_answers_whole_and_streamed_carry_tokens_per_second_to_the_console(
+        client: httpx.AsyncClient, service: FakeModelService) -> None:
+    for stream in (False, True):
+        answer = await client.post("/v1/messages", json={
+            "model": "tiny", "max_tokens": 8, "messages": HI, "stream": stream})
+        assert answer.status_code == 200, answer.text
+    events = [e.data for e in service.events.recent_requests if e.data["path"] == "/v1/messages"]
+    assert len(events) == 2
+    for event in events:
+        assert event["completion_tokens"] == 2 and event["tokens_per_second"] > 0, event
+
+
 async def test_embeddings_have_no_first_token(client: httpx.AsyncClient) -> None:
     answer = await client.post("/v1/embeddings", json={"model": "tiny", "input": "hi"})
     assert answer.status_code == 200, answer.text
