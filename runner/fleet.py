@@ -131,7 +131,7 @@ class FleetModelService(LocalModelService):
                 keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
         options = options or RunnerOptions()
         if options.here:  # a load another node placed here: refused if it would wait (503)
-            return super().acquire(model, replace(options, wait_for_room=False), keep_alive)
+            return self._local(model, replace(options, wait_for_room=False), keep_alive)
         canonical = super().canonical(model)
         name = canonical or model
         me = self._me()
@@ -151,6 +151,18 @@ class FleetModelService(LocalModelService):
             return self._claimed(route, me, others, name, model, options, keep_alive, replicas)
         return self._routed(route, name, model, options, keep_alive)
 
+    @contextlib.asynccontextmanager
+    async def _local(self, model: str, options: RunnerOptions, keep_alive: float | None
+                     ) -> AsyncIterator[Lease]:
+        """A lease on this node's runners; the fleet hears of the busy count's change at once
+        (``Membership.nudge``), not at the next refresh."""
+        async with super().acquire(model, options, keep_alive) as lease:
+            self._membership.nudge()
+            try:
+                yield lease
+            finally:
+                self._membership.nudge()
+
     def _me(self) -> NodeRecord:
         return NodeRecord(self.node, self.advertise_url(), "", runners=self.runners_now(),
                           queue_depth=self.queue_depth, memory=self._published_memory)
@@ -158,7 +170,7 @@ class FleetModelService(LocalModelService):
     def _routed(self, route: Route, name: str, model: str, options: RunnerOptions,
                 keep_alive: float | None) -> AbstractAsyncContextManager[Lease]:
         if route.node is None:
-            return super().acquire(model, options, keep_alive)
+            return self._local(model, options, keep_alive)
         log.debug("%s goes to node %s (%s)", model, route.node.name, route.reason)
         return self._remote(route.node, name, model, options)
 
@@ -184,7 +196,7 @@ class FleetModelService(LocalModelService):
                 async with contextlib.AsyncExitStack() as stack:
                     try:
                         lease = await stack.enter_async_context(
-                            super().acquire(model, options, keep_alive))
+                            self._local(model, options, keep_alive))
                     except NoRoomError:
                         # No room here without waiting: the roomiest other node with the
                         # model may have it (it says 503 too if not). Still one hop at most.

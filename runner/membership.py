@@ -5,8 +5,12 @@ version) under its name in the ``switchboard_nodes`` bucket, a few times per TTL
 TTL is the failure detector: JetStream drops a record its node stopped refreshing, so a dead
 node leaves every view within the TTL plus one refresh, and nothing here decides who is alive.
 The view is read back from the bucket itself (the last record of each key), never kept from
-hearsay. NATS being away stops none of this node's own serving: the view is then empty, it is
-said once in the log, and the node puts itself back when the client reconnects.
+hearsay, at every refresh; between refreshes a watch on the bucket applies each record as it
+is put. A node whose busy counts change (a request starts or ends: ``nudge``) puts its record
+again at once, at most every ``NUDGE_GAP``, so the other nodes route by counts a fraction of a
+second old rather than a refresh old. NATS being away stops none of this node's own serving:
+the view is then empty, it is said once in the log, and the node puts itself back when the
+client reconnects.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from runner.service_types import NodeRecord
 log = logging.getLogger(__name__)
 
 BUCKET = "switchboard_nodes"
+NUDGE_GAP = 0.1  # seconds a nudged record waits, so a burst's changes go out as one put
 
 
 class Membership:
@@ -48,6 +53,8 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._away = False  # NATS unreachable, said once until it is back
         self._warned: set[tuple[str, str]] = set()  # (node, version) said to differ from ours
+        self._nudged = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def node(self) -> str:
@@ -75,6 +82,10 @@ class Membership:
             return []
         return sorted(self._view.values(), key=lambda r: (r.name != self.node, r.name))
 
+    def nudge(self) -> None:
+        """This node's counts changed: put its record soon, not at the next refresh."""
+        self._nudged.set()
+
     async def start(self) -> None:
         """Begin joining; returns at once (serving never waits on NATS)."""
         self._task = asyncio.create_task(self._run(), name="membership")
@@ -82,9 +93,10 @@ class Membership:
     async def close(self) -> None:
         """Leave the fleet: the record goes now, not when the TTL runs out. Bounded: the
         client may be mid-reconnect, and a shutdown never waits on NATS."""
-        if self._task is not None:
-            self._task.cancel()
-            await _bounded(self._task, self._connect_timeout * 2)
+        for task in (self._task, self._watch):
+            if task is not None:
+                task.cancel()
+                await _bounded(task, self._connect_timeout * 2)
         if self._kv is not None and self.connected:
             await _bounded(asyncio.ensure_future(self._kv.delete(self.node)),
                            self._connect_timeout)
@@ -106,13 +118,27 @@ class Membership:
                 self._say_away(f"cannot join through NATS at {self._redacted()}: "
                                f"{exc or type(exc).__name__}")
                 await asyncio.sleep(self._interval())
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await asyncio.wait_for(self._beat(), self._ttl)
                 self._say_back()
+                if self._watch is None or self._watch.done():
+                    self._watch = asyncio.create_task(self._follow(), name="membership-watch")
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 self._say_away(f"lost NATS at {self._redacted()}: {exc or type(exc).__name__}")
-            await asyncio.sleep(self._interval())
+            refresh = loop.time() + self._interval()
+            while (left := refresh - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(self._nudged.wait(), left)
+                except TimeoutError:
+                    break
+                await asyncio.sleep(NUDGE_GAP)
+                self._nudged.clear()
+                try:
+                    await asyncio.wait_for(self._publish(), self._ttl)
+                except (TimeoutError, nats.errors.Error, OSError):
+                    break  # the refresh says so
 
     async def _connect(self) -> None:
         if self._nc is not None:  # a client whose bucket step failed: start afresh
@@ -134,11 +160,21 @@ class Membership:
         self._nc, self._kv = nc, kv
         self._say_back()
 
-    async def _beat(self) -> None:
+    async def _publish(self) -> NodeRecord:
         assert self._kv is not None
         ours = self._describe()
         await self._kv.put(self.node, ours.encode())
-        self._view, self._revisions = await self._read()
+        return ours
+
+    async def _beat(self) -> None:
+        self._nudged.clear()
+        ours = await self._publish()
+        view, revisions = await self._read()
+        # What the watch applied while the read ran is newer than the read: kept.
+        for name, revision in self._revisions.items():
+            if name in view and revision > revisions[name]:
+                view[name], revisions[name] = self._view[name], revision
+        self._view, self._revisions = view, revisions
         for record in self._view.values():
             seen = (record.name, record.version)
             if record.version != ours.version and seen not in self._warned:
@@ -171,6 +207,26 @@ class Membership:
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
         return view, revisions
+
+    async def _follow(self) -> None:
+        """Apply every record put between refreshes (records that expire are dropped by the
+        refresh's read: JetStream marks no expiry in the stream)."""
+        assert self._kv is not None
+        watcher = await self._kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None or not entry.value or entry.operation is not None:
+                    continue  # the end of the initial values, or a delete (the read sees it)
+                try:
+                    record = NodeRecord.decode(entry.value)
+                except (ValueError, TypeError):
+                    continue  # said by the read
+                if (entry.revision or 0) > self._revisions.get(record.name, 0):
+                    self._view[record.name] = record
+                    self._revisions[record.name] = entry.revision or 0
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     # -- saying it once -------------------------------------------------------------------------
 

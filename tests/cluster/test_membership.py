@@ -167,3 +167,34 @@ def test_a_record_reads_back_as_written() -> None:
                         (runner_info("m", 0, 2, draining=True),), 0, {"gpus": []},
                         {"m": 3})
     assert NodeRecord.decode(record.encode()) == record
+
+
+async def test_a_nudged_record_reaches_the_other_views_well_before_the_next_refresh(
+        nats_server: NatsServer) -> None:
+    busy = [0]
+
+    def member(name: str) -> Membership:
+        config = ClusterConfig(nats_server.url, name, f"http://127.0.0.1:{free_port()}", "key",
+                               1)
+
+        def describe() -> NodeRecord:
+            return NodeRecord(name, config.advertise_url, "0.1.0", ("gemma3:270m",),
+                              (runner_info("gemma3:270m", busy[0], 4),), 0, {})
+
+        return Membership(config, describe, 8.0, connect_timeout=1.0)  # refreshes every 2 s
+
+    a, b = member("a"), member("b")
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: _names(b) == ["b", "a"], 10)
+        await asyncio.sleep(0.3)  # past the first refresh, well inside the next one
+        took = []
+        for count in (3, 0, 2, 0):  # four changes within one refresh: at most one rides it
+            busy[0] = count
+            a.nudge()
+            took.append(await _until(lambda: b.nodes()[1].runners[0].in_flight == busy[0], 3))
+        assert max(took) < 0.6, took
+    finally:
+        await a.close()
+        await b.close()
