@@ -202,6 +202,9 @@ class Metrics:
     def observe_wait(self, model: str, seconds: float) -> None:
         self._of(model)[3].observe(seconds)
 
+    def observe_first_token(self, model: str, seconds: float) -> None:
+        self._of(model)[2].observe(seconds)
+
     def observe_answer(self, model: str, usage: Usage | None, first_token: float | None,
                        rate: float | None) -> None:
         """One answer's tokens, its time to first token and its generation speed, each

@@ -439,6 +439,11 @@ class Relay:
             raise APIError(503, str(exc), code="queue_full",
                            headers={"Retry-After": str(exc.retry_after)}) from exc
         self._head_at = time.perf_counter()
+        if self._stream and upstream.status < 400 and self._metrics is not None \
+                and not lease.path_prefix:
+            # A stream's head comes with its first token: counted now, so that a client that
+            # leaves mid-answer still counts its wait.
+            self._metrics.observe_first_token(lease.model, self._head_at - self._began)
         try:
             if upstream.status >= 400 or not self._stream:
                 await self._send_whole(lease, upstream, send)
@@ -571,8 +576,7 @@ class Relay:
         first: float | None = None
         rate = usage.rate if usage is not None else None
         completion = usage.completion if usage is not None else None
-        if streamed:
-            first = self._head_at - self._began
+        if streamed:  # its first token was counted as its head came
             if rate is None and completion and end > self._head_at:
                 rate = completion / (end - self._head_at)
         elif usage is not None and usage.generating is not None:
