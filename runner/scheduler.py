@@ -80,6 +80,9 @@ class SchedulerConfig:
     max_queue: int = 512  # requests waiting at once
     memory_budget: int | None = None  # bytes runners may use in all; None: the machine's
     health_strikes: int = 2  # failed /health checks in a row before a runner is killed
+    # Seconds after a busy runner begins draining to make room during which new requests for
+    # it still join it (they would otherwise wait out the swap, then cost a load of their own)
+    swap_ride: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,7 @@ class Runner:
     refs: int = 0
     expires_at: float | None = None
     strikes: int = 0
+    ride_until: float | None = None  # drained to make room: new requests join it till then
 
     @property
     def usable(self) -> bool:
@@ -364,7 +368,8 @@ class Scheduler:
         self.queue: list[Waiting] = []
         self.granted: dict[int, int] = {}  # request -> runner
         self.preparing: tuple[str, Shape] | None = None
-        self.stopping: set[int] = set()
+        # runners told to stop and not gone yet -> (memory they hold, GPU memory they hold)
+        self.stopping: dict[int, tuple[int, int]] = {}
         # (runner key, shape) -> steady-state memory of its last runner, for its next fit
         self.learned: dict[tuple[str, Shape], int] = {}
         # keys kept unloaded while their model is removed, by removals under way
@@ -397,7 +402,9 @@ class Scheduler:
         device_total = sum(max(total - GPU_MARGIN, 0) for total, _ in memory.gpus)
         device_free = sum(max(free - GPU_MARGIN, 0) for _, free in memory.gpus)
         budget = self.config.memory_budget or memory.total + device_total
-        free = budget - sum(r.need for r in self.runners.values())
+        held = sum(r.need for r in self.runners.values())
+        held += sum(need for need, _ in self.stopping.values())  # theirs until they exit
+        free = budget - held
         if self.config.memory_budget is None:
             free = min(free, memory.available + device_free)  # others use this machine too
         return budget, free
@@ -447,7 +454,7 @@ class Scheduler:
                         and runner.expires_at is not None):
                     self._stop(runner, "keep-alive expired", emit)
             case Stopped():
-                self.stopping.discard(event.runner)
+                self.stopping.pop(event.runner, None)
             case Unload():
                 for runner in self.of(event.keys):
                     if runner.ready:
@@ -474,6 +481,17 @@ class Scheduler:
                 best = runner
         return best
 
+    def _rideable(self, key: str, shape: Shape, now: float) -> Runner | None:
+        """A runner of ``key`` draining to make room that a new request may still join: it is
+        busy anyway, and joining costs the waiting model at most ``swap_ride`` more of its
+        requests' service, where waiting out the swap would cost a load."""
+        for runner in self.runners.values():
+            if (runner.key == key and runner.shape == shape and runner.ready
+                    and runner.draining and runner.refs > 0 and runner.ride_until is not None
+                    and now <= runner.ride_until):
+                return runner
+        return None
+
     def _takes(self, runner: Runner | None, key: str, shape: Shape, copies: int) -> bool:
         """Whether ``runner`` (the least busy usable copy) takes a request now: it has a free
         slot, or no other copy may start (``copies`` run, or none fits beside the rest)."""
@@ -493,6 +511,10 @@ class Scheduler:
         runner = self._usable(event.key, event.shape)
         if runner is not None and self._takes(runner, event.key, event.shape, event.copies):
             self._attach(runner, event.request, event.keep_alive, False, emit)
+            return
+        rider = self._rideable(event.key, event.shape, now)
+        if rider is not None:  # its runner is being swapped out but still busy: join it
+            self._attach(rider, event.request, event.keep_alive, False, emit)
             return
         if len(self.queue) >= self.config.max_queue:
             emit(Fail(event.request, QueueFullError(self.config.max_queue)))
@@ -542,8 +564,11 @@ class Scheduler:
             else:
                 waiting.append(pending)
         self.queue = waiting
-        if self.loading or self.stopping:
-            return  # one load at a time; memory still being returned
+        if self.loading or any(vram for _, vram in self.stopping.values()):
+            # One load at a time. A CPU runner that is stopping holds its memory in the fit
+            # until it exits (a load beside its exit is counted against it, not made to wait
+            # for it); device memory shows as free only some time after its runner exits.
+            return
         # What still waits needs a load: no runner of its shape, or every copy full with
         # another allowed. The oldest first; a model being removed stays unloaded until then.
         wanted = next((w.wants for w in waiting if w.key not in self.held), None)
@@ -592,6 +617,9 @@ class Scheduler:
         if need > budget:  # even alone: drain none
             self._fail_wanting(wanted, ModelTooLargeError(first.model, need, budget), emit)
             return
+        exiting = sum(held for held, _ in self.stopping.values())
+        if need > free and need <= free + exiting:
+            return  # what the stopping runners hold comes back as they exit: Stopped wakes us
         if not has_room(len(self.runners), self.config.max_loaded) or need > free:
             if not self.runners:
                 self._fail_wanting(wanted, ModelTooLargeError(first.model, need, free), emit)
@@ -608,7 +636,10 @@ class Scheduler:
                      if any(w.key == r.key for w in self.queue)}
             victim = pick_victim(views, spare=frozenset(spare))
             if victim is not None:
-                self._drain(self.runners[int(victim)], "to make room", emit)
+                chosen = self.runners[int(victim)]
+                if self.config.swap_ride > 0:
+                    chosen.ride_until = now + self.config.swap_ride
+                self._drain(chosen, "to make room", emit)
             return
         self._next_runner += 1
         runner = Runner(self._next_runner, event.key, event.shape,
@@ -677,7 +708,7 @@ class Scheduler:
     def _stop(self, runner: Runner, reason: str, emit: _Effects, force: bool = False) -> None:
         del self.runners[runner.id]
         self.no_room.clear()  # memory comes back: another copy may fit now
-        self.stopping.add(runner.id)
+        self.stopping[runner.id] = (runner.need, runner.vram)
         if runner.expires_at is not None:
             runner.expires_at = None
             emit(Timer(runner.id, None))

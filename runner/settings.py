@@ -260,6 +260,10 @@ class Settings(BaseModel):
     max_loaded_models: int = Field(0, ge=0, description="loaded runners at most; 0 = automatic")
     num_parallel: int = Field(1, ge=1, description="request slots per runner")
     max_queue: int = Field(512, ge=1, description="requests waiting for a runner at most")
+    swap_ride: Duration = Field(
+        2.0, ge=0, description="while a busy model is unloaded to make room, its new requests "
+        "still join it for this long (the other model waits at most this, plus theirs); 0 = off"
+    )
     memory_budget: ByteSize = Field(
         None, description="bytes runners may use in all, e.g. '12GiB'; empty = this machine's RAM"
     )

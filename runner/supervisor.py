@@ -192,6 +192,7 @@ class Supervisor:
             max_loaded=settings.max_loaded_models or AUTO_MAX_LOADED,
             max_queue=settings.max_queue,
             memory_budget=settings.memory_budget,
+            swap_ride=settings.swap_ride,
         ))
         self._ids = itertools.count(1)
         self._requests: dict[int, _Request] = {}

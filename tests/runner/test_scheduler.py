@@ -36,6 +36,7 @@ from runner.scheduler import (
     Removed,
     Requested,
     Runner,
+    Sampled,
     Scheduler,
     SchedulerConfig,
     Shape,
@@ -46,6 +47,7 @@ from runner.scheduler import (
     Stopped,
     Timer,
     TimerFired,
+    Unload,
 )
 
 MiB = 1 << 20
@@ -168,21 +170,84 @@ def test_a_negative_keep_alive_sets_no_timer() -> None:
     assert not [t for t in d.all(Timer) if t.at is not None]
 
 
-def test_alternating_traffic_is_collated_into_batches_behind_a_drain() -> None:
-    d = Driver(SchedulerConfig(max_loaded=1))
+def test_alternating_traffic_costs_one_load_per_switch_late_arrivals_riding_the_drain() -> None:
+    d = Driver(SchedulerConfig(max_loaded=1, swap_ride=2.0))
     first = d.request("a")
     a = d.load("a")
     b1 = d.request("b")
     d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))
     assert d.last(Drain) == Drain(a, "to make room", 1)  # busy: drained, never killed
-    late_a = d.request("a")  # a is draining: it queues behind the swap
-    assert not [g for g in d.all(Grant) if g.request == late_a]
+    d.now += 1.5  # within the ride: a late request for a joins it rather than reload it later
+    late_a = d.request("a")
+    assert [g.runner for g in d.all(Grant) if g.request == late_a] == [a]
     b2 = d.request("b")
     d.feed(Released(first))
+    assert not d.all(Stop)  # the rider still holds it
+    d.feed(Released(late_a))
     assert d.last(Stop).runner == a
-    d.feed(Stopped(a))
-    b = d.load("b")
+    b = d.load("b")  # its exit is counted in the fit, not waited for (a CPU runner)
     assert {g.request for g in d.all(Grant) if g.runner == b} == {b1, b2}
+    assert d.scheduler.loads == 2  # one per switch
+
+
+def test_past_the_ride_a_late_request_queues_behind_the_swap_so_the_other_model_waits_bounded(
+) -> None:
+    d = Driver(SchedulerConfig(max_loaded=1, swap_ride=2.0))
+    first = d.request("a")
+    a = d.load("a")
+    b1 = d.request("b")
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))
+    d.now += 2.5  # the ride is over: b's wait is bounded by it plus what rode
+    late_a = d.request("a")
+    assert not [g for g in d.all(Grant) if g.request == late_a]
+    d.feed(Released(first))
+    assert d.last(Stop).runner == a
+    b = d.load("b")
+    assert [g.runner for g in d.all(Grant) if g.request == b1] == [b]
+    assert late_a in [w.request for w in d.scheduler.queue]  # a again after b: a switch
+
+
+def test_an_unload_on_request_or_a_reload_for_other_options_takes_no_riders() -> None:
+    d = Driver(SchedulerConfig(max_loaded=1))
+    first = d.request("a")
+    a = d.load("a")
+    d.feed(Unload(frozenset({"a"})))
+    late = d.request("a")
+    assert not [g for g in d.all(Grant) if g.request == late]
+    d.feed(Released(first))
+    assert d.last(Stop).runner == a
+
+
+def test_a_gpu_runners_exit_is_waited_for_before_the_next_load() -> None:
+    d = Driver(SchedulerConfig(max_loaded=1))
+    first = d.request("a")
+    a = d.load("a")
+    d.feed(Sampled(a, 150 * MiB, 64 * MiB))  # it holds device memory
+    d.feed(Released(first))
+    d.request("b")
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))
+    assert d.last(Stop).runner == a
+    spawns, prepares = len(d.all(Spawn)), len(d.all(Prepare))
+    d.feed(Stopped(a))  # nothing was prepared while its memory returned: now it is
+    assert len(d.all(Prepare)) == prepares + 1
+    d.load("b")
+    assert len(d.all(Spawn)) == spawns + 1
+
+
+def test_a_load_beside_a_stopping_cpu_runner_waits_only_if_its_memory_is_needed() -> None:
+    d = Driver(SchedulerConfig(max_loaded=2, memory_budget=150 * MiB))
+    first = d.request("a")
+    a = d.load("a")
+    d.feed(Released(first))
+    d.request("b")
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))  # no room beside a: a goes
+    assert d.last(Stop).runner == a
+    spawns = len(d.all(Spawn))
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))  # a still exiting: its 100 MiB held
+    assert len(d.all(Spawn)) == spawns and not d.all(Fail)
+    d.feed(Stopped(a))
+    d.load("b")
+    assert len(d.all(Spawn)) == spawns + 1
 
 
 def test_a_fleet_load_that_would_wait_for_a_busy_runner_is_refused_with_no_room() -> None:
