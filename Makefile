@@ -79,6 +79,7 @@ bench: payloads model
 	$(BIN)/python -m pip install --quiet -e '.[dev,build,bench]'
 	$(BIN)/python -m bench.peers
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.template_cost
 
 clean:
 	rm -rf $(VENV) runner/payloads gateway/ui/vendor build *.egg-info .pytest_cache .mypy_cache .ruff_cache

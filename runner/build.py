@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import source_patches
 from runner.payloads import BINARY, PACKAGE_PAYLOADS, platform_dir
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ def _compiler_id() -> str:
 
 def cache_key(variant: Variant) -> str:
     material = json.dumps(
-        [LLAMA_CPP_PYTHON_SHA256, variant.name, COMMON_FLAGS, variant.flags, _compiler_id()]
+        [LLAMA_CPP_PYTHON_SHA256, variant.name, COMMON_FLAGS, variant.flags, _compiler_id(),
+         source_patches.digest()]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
@@ -169,11 +171,13 @@ def fetch_sdist(cache_dir: Path) -> Path:
 
 
 def unpack_source(sdist: Path, cache_dir: Path) -> Path:
-    """The vendored llama.cpp tree, unpacked once per source digest."""
+    """The vendored llama.cpp tree, unpacked once per source digest, with our patches
+    (``runner.source_patches``) applied."""
     root = cache_dir / "src" / LLAMA_CPP_PYTHON_SHA256[:16]
     source = root / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / "vendor" / "llama.cpp"
     done = root / ".unpacked"
     if done.is_file() and source.is_dir():
+        _patch(source)
         return source
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -182,7 +186,15 @@ def unpack_source(sdist: Path, cache_dir: Path) -> Path:
     if not (source / "CMakeLists.txt").is_file():
         raise BuildError(f"{sdist.name} has no vendored llama.cpp at {source}")
     done.touch()
+    _patch(source)
     return source
+
+
+def _patch(source: Path) -> None:
+    try:
+        source_patches.apply(source)
+    except source_patches.PatchError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def _tool(name: str) -> str | None:
