@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
 import re
 import signal
@@ -258,7 +259,9 @@ def report(results: dict[str, Any]) -> tuple[str, list[str]]:
     if h["added_p50"] > 0.001:
         missed.append("hop adds more than 1 ms at p50")
     if d["errors"]:
-        missed.append(f"{len(d['errors'])} client errors when a node died")
+        kinds = collections.Counter(d["errors"]).most_common(3)  # so a miss says what failed
+        missed.append(f"{len(d['errors'])} client errors when a node died: "
+                      + "; ".join(f"{count}x {text}" for text, count in kinds))
     shares = {n: c / max(s["requests"], 1) for n, c in s["served"].items()}
     if s["copies"] != ["a", "b"] or max(shares.values()) > 0.6:
         missed.append(f"spread over two copies: {s['copies']}, shares {shares}")
