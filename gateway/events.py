@@ -121,9 +121,10 @@ async def events(request: Request) -> Response:
     state = request.app.state
     bus: EventBus = state.service.events
     logs = request.query_params.get("logs") or None
+    models = await catalog(state.service)  # before subscribing: nothing to close if it fails
     subscription = bus.subscribe(logs=logs)
     state.sampler.ensure_running()
-    first = snapshot(state.service, logs, await catalog(state.service))
+    first = snapshot(state.service, logs, models)
 
     async def stream() -> AsyncIterator[bytes]:
         try:

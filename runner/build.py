@@ -176,7 +176,9 @@ def unpack_source(sdist: Path, cache_dir: Path) -> Path:
     root = cache_dir / "src" / LLAMA_CPP_PYTHON_SHA256[:16]
     source = root / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / "vendor" / "llama.cpp"
     done = root / ".unpacked"
-    if done.is_file() and source.is_dir():
+    # A tree patched by another version of our patches is unpacked afresh: the archive's own
+    # times come back with it, so only the files patched anew are recompiled.
+    if done.is_file() and source.is_dir() and not source_patches.patched_otherwise(source):
         _patch(source)
         return source
     shutil.rmtree(root, ignore_errors=True)

@@ -170,10 +170,14 @@ class Membership:
         self._nudged.clear()
         ours = await self._publish()
         view, revisions = await self._read()
-        # What the watch applied while the read ran is newer than the read: kept.
+        # What the watch applied while the read ran is newer than the read: kept (a put), or
+        # the record dropped (a delete).
         for name, revision in self._revisions.items():
             if name in view and revision > revisions[name]:
-                view[name], revisions[name] = self._view[name], revision
+                if name in self._view:
+                    view[name], revisions[name] = self._view[name], revision
+                else:
+                    del view[name], revisions[name]
         self._view, self._revisions = view, revisions
         for record in self._view.values():
             seen = (record.name, record.version)
@@ -212,18 +216,30 @@ class Membership:
         """Apply every record put between refreshes (records that expire are dropped by the
         refresh's read: JetStream marks no expiry in the stream)."""
         assert self._kv is not None
-        watcher = await self._kv.watchall()
+        try:
+            watcher = await self._kv.watchall()
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            log.debug("cannot watch the node records (the next refresh tries again): %s", exc)
+            return
         try:
             async for entry in watcher:
-                if entry is None or not entry.value or entry.operation is not None:
-                    continue  # the end of the initial values, or a delete (the read sees it)
+                if entry is None:
+                    continue  # the end of the initial values
+                revision = entry.revision or 0
+                if revision <= self._revisions.get(entry.key, 0):
+                    continue  # older than what the view has (a read, or a replay)
+                if entry.operation is not None:  # a node that left: gone now, not at the read
+                    self._view.pop(entry.key, None)
+                    self._revisions[entry.key] = revision  # an older put cannot bring it back
+                    continue
                 try:
-                    record = NodeRecord.decode(entry.value)
+                    record = NodeRecord.decode(entry.value or b"")
                 except (ValueError, TypeError):
                     continue  # said by the read
-                if (entry.revision or 0) > self._revisions.get(record.name, 0):
-                    self._view[record.name] = record
-                    self._revisions[record.name] = entry.revision or 0
+                self._view[record.name] = record
+                self._revisions[record.name] = revision
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            log.debug("the watch of the node records ended: %s", exc)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]

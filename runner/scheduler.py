@@ -370,6 +370,9 @@ class Scheduler:
         self.preparing: tuple[str, Shape] | None = None
         # runners told to stop and not gone yet -> (memory they hold, GPU memory they hold)
         self.stopping: dict[int, tuple[int, int]] = {}
+        # a load found its memory held by runners still exiting: nothing more is prepared
+        # until one of them is gone (their Stopped)
+        self.awaiting_exit = False
         # (runner key, shape) -> steady-state memory of its last runner, for its next fit
         self.learned: dict[tuple[str, Shape], int] = {}
         # keys kept unloaded while their model is removed, by removals under way
@@ -416,7 +419,11 @@ class Scheduler:
         idle = [r for r in self.runners.values() if r.refs == 0]
         if not has_room(len(self.runners) - len(idle), self.config.max_loaded):
             return 0
-        return max(free + sum(r.need for r in idle), 0)
+        return max(free + self._exiting() + sum(r.need for r in idle), 0)
+
+    def _exiting(self) -> int:
+        """Memory held by runners told to stop that have not exited yet: back soon."""
+        return sum(held for held, _ in self.stopping.values())
 
     # -- the one way in -----------------------------------------------------------------------
 
@@ -455,6 +462,8 @@ class Scheduler:
                     self._stop(runner, "keep-alive expired", emit)
             case Stopped():
                 self.stopping.pop(event.runner, None)
+                self.awaiting_exit = False
+                self.no_room.clear()  # its memory is back: another copy may fit now
             case Unload():
                 for runner in self.of(event.keys):
                     if runner.ready:
@@ -564,7 +573,7 @@ class Scheduler:
             else:
                 waiting.append(pending)
         self.queue = waiting
-        if self.loading or any(vram for _, vram in self.stopping.values()):
+        if self.loading or self.awaiting_exit or any(v for _, v in self.stopping.values()):
             # One load at a time. A CPU runner that is stopping holds its memory in the fit
             # until it exits (a load beside its exit is counted against it, not made to wait
             # for it); device memory shows as free only some time after its runner exits.
@@ -598,6 +607,10 @@ class Scheduler:
         learned = self.learned.get(wanted)
         need = learned if learned is not None else event.estimate
         budget, free = self.fits(event.memory)
+        exiting = self._exiting()
+        if need > free and need <= free + exiting:
+            self.awaiting_exit = True  # what they hold comes back as they exit
+            return
         if self._usable(*wanted) is not None and (
                 need > free or not has_room(len(self.runners), self.config.max_loaded)):
             # Another copy is worth a load, never an eviction: the copies running take it.
@@ -606,7 +619,8 @@ class Scheduler:
                      f"loaded runners ({format_bytes(max(free, 0))} free); its copies "
                      "running take its requests"))
             return  # handle()'s dispatch now grants its waiters to them
-        if learned is not None and (need > budget or (need > free and not self.runners)):
+        if learned is not None and (need > budget
+                                    or (need > free + exiting and not self.runners)):
             # A remembered figure can be wrong (another build, a runner that held more than
             # usual): refuse only on the header's estimate; this load is measured anew.
             del self.learned[wanted]
@@ -617,9 +631,9 @@ class Scheduler:
         if need > budget:  # even alone: drain none
             self._fail_wanting(wanted, ModelTooLargeError(first.model, need, budget), emit)
             return
-        exiting = sum(held for held, _ in self.stopping.values())
-        if need > free and need <= free + exiting:
-            return  # what the stopping runners hold comes back as they exit: Stopped wakes us
+        if need > free and need <= free + exiting:  # the estimate, after a learned figure
+            self.awaiting_exit = True
+            return
         if not has_room(len(self.runners), self.config.max_loaded) or need > free:
             if not self.runners:
                 self._fail_wanting(wanted, ModelTooLargeError(first.model, need, free), emit)
@@ -636,10 +650,8 @@ class Scheduler:
                      if any(w.key == r.key for w in self.queue)}
             victim = pick_victim(views, spare=frozenset(spare))
             if victim is not None:
-                chosen = self.runners[int(victim)]
-                if self.config.swap_ride > 0:
-                    chosen.ride_until = now + self.config.swap_ride
-                self._drain(chosen, "to make room", emit)
+                ride = now + self.config.swap_ride if self.config.swap_ride > 0 else None
+                self._drain(self.runners[int(victim)], "to make room", emit, ride)
             return
         self._next_runner += 1
         runner = Runner(self._next_runner, event.key, event.shape,
@@ -679,7 +691,7 @@ class Scheduler:
         """Whether unloading idle runners alone makes room for ``need``. If not, the waiters
         that would rather be refused than wait for busy runners (a fleet's) are refused."""
         idle = [r for r in self.runners.values() if r.refs == 0]
-        room = free + sum(r.need for r in idle)
+        room = free + self._exiting() + sum(r.need for r in idle)
         if need <= room and has_room(len(self.runners) - len(idle), self.config.max_loaded):
             return True
         refused = [w for w in self.queue if w.wants == wanted and not w.wait_for_room]
@@ -696,8 +708,12 @@ class Scheduler:
 
     # -- runners leaving ----------------------------------------------------------------------
 
-    def _drain(self, runner: Runner, reason: str, emit: _Effects) -> None:
+    def _drain(self, runner: Runner, reason: str, emit: _Effects,
+               ride: float | None = None) -> None:
+        """Take ``runner`` out of use; its key's new requests still join it until ``ride``
+        (a swap's, to make room; None for an unload or a reload, which take no riders)."""
         runner.draining = True
+        runner.ride_until = ride
         emit(Drain(runner.id, reason, runner.refs))
         if runner.refs == 0:
             self._stop(runner, reason, emit)

@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+MARKER_PREFIX = ".switchboard-patched-"
+
 
 class PatchError(Exception):
     """A patch does not match the source it is meant for."""
@@ -36,12 +38,16 @@ CACHE_TEMPLATE_ANALYSIS = SourcePatch(
         autoparser.analyze_template(tmpl);
 """,
     new="""        // switchboard: the analysis depends on the template alone; it ran per request.
+        // Keyed by what it renders with: the source and the BOS/EOS tokens (the template
+        // checked at start-up, without a model, has none).
         static std::mutex analysis_mutex;
         static std::map<std::string, autoparser::autoparser> analyses;
+        const std::string analysis_key =
+            src + '\0' + tmpl.bos_token() + '\0' + tmpl.eos_token();
         struct autoparser::autoparser autoparser;
         {
             std::lock_guard<std::mutex> lock(analysis_mutex);
-            auto found = analyses.find(src);
+            auto found = analyses.find(analysis_key);
             if (found != analyses.end()) {
                 autoparser = found->second;
             }
@@ -49,7 +55,7 @@ CACHE_TEMPLATE_ANALYSIS = SourcePatch(
         if (!autoparser.analysis_complete) {
             autoparser.analyze_template(tmpl);
             std::lock_guard<std::mutex> lock(analysis_mutex);
-            analyses.emplace(src, autoparser);
+            analyses.emplace(analysis_key, autoparser);
         }
 """,
     why="cache the chat template's analysis instead of re-running it per request",
@@ -69,10 +75,22 @@ def digest(patches: tuple[SourcePatch, ...] = PATCHES) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+def marker(source: Path, patches: tuple[SourcePatch, ...] = PATCHES) -> Path:
+    """The file that says ``source`` has these patches; another digest's means other ones."""
+    return source / f"{MARKER_PREFIX}{digest(patches)}"
+
+
+def patched_otherwise(source: Path, patches: tuple[SourcePatch, ...] = PATCHES) -> bool:
+    """Whether ``source`` carries another set of patches (an earlier version of these): it
+    must be unpacked afresh, since their replacements no longer match."""
+    mine = marker(source, patches).name
+    return any(found.name != mine for found in source.glob(f"{MARKER_PREFIX}*"))
+
+
 def apply(source: Path, patches: tuple[SourcePatch, ...] = PATCHES) -> None:
     """Apply ``patches`` to the tree at ``source`` once: a patched file is left as it is."""
-    marker = source / f".switchboard-patched-{digest(patches)}"
-    if marker.is_file():
+    marker_file = marker(source, patches)
+    if marker_file.is_file():
         return
     for patch in patches:
         path = source / patch.path
@@ -83,4 +101,4 @@ def apply(source: Path, patches: tuple[SourcePatch, ...] = PATCHES) -> None:
             raise PatchError(f"{patch.path}: the text to replace ({patch.why}) occurs "
                              f"{text.count(patch.old)} times, not once: the pinned source moved")
         path.write_text(text.replace(patch.old, patch.new))
-    marker.touch()
+    marker_file.touch()

@@ -667,6 +667,9 @@ class Supervisor:
             child = self._children.get(runner.id)
             if runner.key == key and child is not None:
                 return list(child.process.output)
+        for child in self._children.values():  # one stopping: out of the scheduler's set
+            if child.key == key:
+                return list(child.process.output)
         return list(self._last_output.get(key, ()))
 
     def loaded(self, sample: bool = True) -> list[RunnerInfo]:

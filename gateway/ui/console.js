@@ -586,6 +586,7 @@ const handlers = {
     $("queue").textContent = data.queue;
     $("requests").querySelector("tbody").replaceChildren();
     for (const r of data.requests) addRequest(r.data, r.at);
+    $("logs").textContent = "";  // a reconnect's snapshot brings the recent lines again
     for (const line of data.logs || []) addLog(line);
     showModels(data.models);
     state.catalog = data.catalog || [];

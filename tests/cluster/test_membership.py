@@ -198,3 +198,23 @@ async def test_a_nudged_record_reaches_the_other_views_well_before_the_next_refr
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_node_that_leaves_is_gone_from_the_watching_views_before_any_refresh(
+        nats_server: NatsServer) -> None:
+    def member(name: str) -> Membership:
+        config = ClusterConfig(nats_server.url, name, f"http://127.0.0.1:{free_port()}", "key",
+                               1)
+        return Membership(config, lambda: NodeRecord(name, config.advertise_url, "0.1.0"), 8.0,
+                          connect_timeout=1.0)  # refreshes every 2 s
+
+    a, b = member("a"), member("b")
+    await a.start()
+    await b.start()
+    try:
+        await _until(lambda: _names(a) == ["a", "b"], 10)
+        await asyncio.sleep(0.3)
+        await b.close()  # deletes its record: the watch sees the delete
+        assert await _until(lambda: _names(a) == ["a"], 3) < 1.0
+    finally:
+        await a.close()

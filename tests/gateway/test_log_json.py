@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from gateway.log_json import JsonLineFormatter
+from gateway.log_json import JsonLineFormatter, current_request_id
 from runner.settings import SettingsError, load_settings
 from tests.e2e.server import start_fake_server
 
@@ -59,3 +59,20 @@ async def test_a_request_line_carries_the_tokens_the_runner_reported(
 def test_an_unknown_log_format_is_refused_by_name() -> None:
     with pytest.raises(SettingsError, match="SWITCHBOARD_LOG_FORMAT='xml'"):
         load_settings(environ={"SWITCHBOARD_LOG_FORMAT": "xml"})
+
+
+def test_only_the_gateways_lines_carry_the_request_id_of_the_request_in_progress() -> None:
+    formatter = JsonLineFormatter()
+    token = current_request_id.set("req-7")
+    try:
+        def line(logger: str) -> dict[str, object]:
+            record = logging.LogRecord(logger, logging.INFO, __file__, 1, "x", None, None)
+            parsed: dict[str, object] = orjson.loads(formatter.format(record))
+            return parsed
+
+        assert line("gateway.relay")["request_id"] == "req-7"
+        # A runner-side task started during some request (a health monitor) is not that
+        # request's, whatever context it inherited.
+        assert "request_id" not in line("runner.supervisor")
+    finally:
+        current_request_id.reset(token)

@@ -242,12 +242,43 @@ def test_a_load_beside_a_stopping_cpu_runner_waits_only_if_its_memory_is_needed(
     d.request("b")
     d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))  # no room beside a: a goes
     assert d.last(Stop).runner == a
-    spawns = len(d.all(Spawn))
+    spawns, prepares = len(d.all(Spawn)), len(d.all(Prepare))
     d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))  # a still exiting: its 100 MiB held
     assert len(d.all(Spawn)) == spawns and not d.all(Fail)
+    assert len(d.all(Prepare)) == prepares  # it waits for the exit; it does not ask again
     d.feed(Stopped(a))
     d.load("b")
     assert len(d.all(Spawn)) == spawns + 1
+
+
+def test_a_copy_that_waited_for_an_exit_loads_once_the_memory_is_back() -> None:
+    d = Driver(SchedulerConfig(max_loaded=3, memory_budget=250 * MiB))
+    first = d.request("c")
+    c = d.load("c")
+    d.feed(Released(first))
+    d.request("m", copies=2)
+    m = d.load("m")
+    d.request("m", copies=2)  # a full copy, another allowed: a second copy wanted
+    d.feed(Unload(frozenset({"c"})))  # c goes: its 100 MiB held until it exits
+    assert d.last(Stop).runner == c
+    d.feed(Prepared("m", SHAPE, 100 * MiB, PLENTY))
+    assert d.scheduler.no_room == set()  # waiting for c's exit, not "no room"
+    d.feed(Stopped(c))
+    d.load("m")
+    assert len([s for s in d.all(Spawn) if s.key == "m"]) == 2 and m in d.scheduler.runners
+
+
+def test_an_unload_of_a_runner_drained_for_a_swap_ends_its_ride() -> None:
+    d = Driver(SchedulerConfig(max_loaded=1, swap_ride=2.0))
+    first = d.request("a")
+    a = d.load("a")
+    d.request("b")
+    d.feed(Prepared("b", SHAPE, 100 * MiB, PLENTY))  # drained for the swap: riders welcome
+    d.feed(Unload(frozenset({"a"})))  # then unloaded on request: none
+    late = d.request("a")
+    assert not [g for g in d.all(Grant) if g.request == late]
+    d.feed(Released(first))
+    assert d.last(Stop).runner == a
 
 
 def test_a_fleet_load_that_would_wait_for_a_busy_runner_is_refused_with_no_room() -> None:

@@ -46,3 +46,12 @@ def test_every_patch_is_applied_in_the_pinned_source_that_make_built() -> None:
     for patch in source_patches.PATCHES:
         text = (trees[0] / patch.path).read_text()
         assert text.count(patch.new) == 1, patch.why
+
+
+def test_a_tree_patched_by_another_version_of_the_patches_is_told_apart(tmp_path: Path) -> None:
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "x.cpp").write_text("slow();\n")
+    older = SourcePatch(path="common/x.cpp", old="slow();\n", new="quick();\n", why="older")
+    source_patches.apply(tmp_path, (older,))
+    assert not source_patches.patched_otherwise(tmp_path, (older,))
+    assert source_patches.patched_otherwise(tmp_path, (PATCH,))  # unpacked afresh by the build
