@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # settings imports this module
-    from runner.settings import ModelConfig
+from typing import Any
 
 # Ollama's option -> (llama-server flag, the JSON type it takes). Ollama's names, since they
 # are what params layers and Modelfiles' PARAMETER lines use.
@@ -101,15 +98,6 @@ class RequestDefaults:
 
     def __bool__(self) -> bool:  # whether there is anything to put into a request
         return bool(self.system or self.messages or self.stop)
-
-    @classmethod
-    def of(cls, config: ModelConfig) -> RequestDefaults:
-        """A model config's, the shared empty one when it has none (the usual case)."""
-        if not (config.system or config.messages or "stop" in config.options
-                or config.adapters):
-            return NO_DEFAULTS
-        return cls(config.system, config.messages, tuple(config.options.get("stop", ())),
-                   len(config.adapters))
 
 
 NO_DEFAULTS = RequestDefaults()

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from runner.model_defaults import ROLES, check_options
+from runner.model_defaults import NO_DEFAULTS, ROLES, RequestDefaults, check_options
 from runner.modes import RunnerMode
 
 ENV_PREFIX = "SWITCHBOARD_"
@@ -213,6 +213,14 @@ class ModelConfig(BaseModel):
     def primary_mode(self) -> RunnerMode:
         """The mode for routes any runner can answer (tokenize, detokenize)."""
         return next(iter(self.modes)) if len(self.modes) == 1 else RunnerMode.CHAT
+
+    def request_defaults(self) -> RequestDefaults:
+        """What the relay puts into a request that brings none: the shared empty defaults
+        when the model has none (the usual case)."""
+        if not (self.system or self.messages or "stop" in self.options or self.adapters):
+            return NO_DEFAULTS
+        return RequestDefaults(self.system, self.messages, tuple(self.options.get("stop", ())),
+                               len(self.adapters))
 
     @field_validator("chat_template")
     @classmethod

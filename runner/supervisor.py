@@ -33,7 +33,7 @@ from runner.errors import (
 from runner.events import EventBus
 from runner.gguf_header import GGUFError, cached_header, read_header
 from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
-from runner.model_defaults import RequestDefaults, sampling_args
+from runner.model_defaults import sampling_args
 from runner.model_source import resolve_template
 from runner.modes import RunnerMode
 from runner.payloads import Payloads
@@ -377,7 +377,7 @@ class Supervisor:
             yield Lease(canonical, model, "127.0.0.1", process.port, process.api_key,
                         relay_connections(process.spec.parallel),
                         max(time.perf_counter() - started - load, 0.0), load, child.context,
-                        self._node, defaults=RequestDefaults.of(config))
+                        self._node, defaults=config.request_defaults())
         finally:
             self._feed(Released(request))
 
