@@ -39,6 +39,25 @@ async function api(method, path, body) {
   return response;
 }
 
+// A streamed body as the pieces ``separator`` ends: "\n\n" for SSE events (CRLF line ends
+// made LF first, as SSE allows either), "\n" for NDJSON lines.
+async function* pieces(response, separator) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    if (separator === "\n\n") buffer = buffer.replace(/\r\n/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf(separator)) >= 0) {
+      yield buffer.slice(0, cut);
+      buffer = buffer.slice(cut + separator.length);
+    }
+  }
+}
+
 // -- formatting ------------------------------------------------------------------------------
 
 function bytes(n) {
@@ -467,34 +486,23 @@ async function sendChat(text) {
       const body = await response.json().catch(() => ({}));
       throw new Error(body.error?.message || "HTTP " + response.status);
     }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n/g, "\n");
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of block.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") continue;
-          const chunk = JSON.parse(data);
-          if (chunk.error) throw new Error(chunk.error.message || String(chunk.error));
-          const delta = chunk.choices?.[0]?.delta || {};
-          if (delta.reasoning_content) thinking.textContent += delta.reasoning_content;
-          if (delta.content) {
-            if (first === null) first = performance.now();
-            content += delta.content;
-            answer.textContent = content;
-            $("chat-log").scrollTop = $("chat-log").scrollHeight;
-          }
-          if (chunk.usage) usage = chunk.usage;
-          if (chunk.timings) timings = chunk.timings;
+    for await (const block of pieces(response, "\n\n")) {
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message || String(chunk.error));
+        const delta = chunk.choices?.[0]?.delta || {};
+        if (delta.reasoning_content) thinking.textContent += delta.reasoning_content;
+        if (delta.content) {
+          if (first === null) first = performance.now();
+          content += delta.content;
+          answer.textContent = content;
+          $("chat-log").scrollTop = $("chat-log").scrollHeight;
         }
+        if (chunk.usage) usage = chunk.usage;
+        if (chunk.timings) timings = chunk.timings;
       }
     }
     state.chat.push({ role: "assistant", content });
@@ -637,21 +645,8 @@ async function connect() {
   }
   $("key-form").hidden = state.key === null;
   setStatus("live", "live");
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
   try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      // SSE allows CRLF or LF line ends; one form makes the blank-line split simple.
-      buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n/g, "\n");
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        handleBlock(buffer.slice(0, cut));
-        buffer = buffer.slice(cut + 2);
-      }
-    }
+    for await (const block of pieces(response, "\n\n")) handleBlock(block);
   } catch (error) {
     if (error.name === "AbortError") return;
   }
@@ -690,19 +685,8 @@ $("pull-form").onsubmit = async (e) => {
     const body = await response.json().catch(() => ({}));
     return showPull({ error: body.error || "HTTP " + response.status });
   }
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n")) >= 0) {
-      const line = buffer.slice(0, cut).trim();
-      buffer = buffer.slice(cut + 1);
-      if (line) showPull(JSON.parse(line));
-    }
+  for await (const line of pieces(response, "\n")) {
+    if (line.trim()) showPull(JSON.parse(line));
   }
   refreshModels().catch(() => {});  // a pulled model is servable at once: offer it
   connect();  // and list it, with its context, from a fresh snapshot
