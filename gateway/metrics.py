@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from prometheus_client import (
@@ -38,6 +38,16 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
 _RATE_BUCKETS = (1, 2.5, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500)
+
+
+class _ModelSeries(NamedTuple):
+    """One model's children of the per-model metrics, looked up once (labels() locks)."""
+
+    prompt_tokens: Any
+    completion_tokens: Any
+    first_token: Any
+    queue_wait: Any
+    generation_rate: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +180,7 @@ class Metrics:
         self._asgi_writes = self.relay_writes.labels("asgi")
         self.registry.register(_ServiceGauges(self))
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
-        self._model_children: dict[str, tuple[Any, ...]] = {}
+        self._model_children: dict[str, _ModelSeries] = {}
 
     def observe_writes(self, direct: int, asgi: int) -> None:
         """One stream's chunks, counted once at its end rather than per chunk."""
@@ -190,35 +200,36 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def _of(self, model: str) -> tuple[Any, ...]:
+    def _of(self, model: str) -> _ModelSeries:
         children = self._model_children.get(model)
         if children is None:
-            children = (self.prompt_tokens.labels(model), self.completion_tokens.labels(model),
-                        self.first_token.labels(model), self.queue_wait.labels(model),
-                        self.generation_rate.labels(model))
+            children = _ModelSeries(
+                self.prompt_tokens.labels(model), self.completion_tokens.labels(model),
+                self.first_token.labels(model), self.queue_wait.labels(model),
+                self.generation_rate.labels(model))
             self._model_children[model] = children
         return children
 
     def observe_wait(self, model: str, seconds: float) -> None:
-        self._of(model)[3].observe(seconds)
+        self._of(model).queue_wait.observe(seconds)
 
     def observe_first_token(self, model: str, seconds: float) -> None:
-        self._of(model)[2].observe(seconds)
+        self._of(model).first_token.observe(seconds)
 
     def observe_answer(self, model: str, usage: Usage | None, first_token: float | None,
                        rate: float | None) -> None:
         """One answer's tokens, its time to first token and its generation speed, each
         where known (an embedding has no first token; an answer without usage, no tokens)."""
-        prompt, completion, ttft, _, speed = self._of(model)
+        series = self._of(model)
         if usage is not None:
             if usage.prompt is not None:
-                prompt.inc(usage.prompt)
+                series.prompt_tokens.inc(usage.prompt)
             if usage.completion is not None:
-                completion.inc(usage.completion)
+                series.completion_tokens.inc(usage.completion)
         if first_token is not None:
-            ttft.observe(first_token)
+            series.first_token.observe(first_token)
         if rate is not None:
-            speed.observe(rate)
+            series.generation_rate.observe(rate)
 
 
 async def metrics(request: Request) -> Response:

@@ -632,13 +632,16 @@ class Relay:
                     queued += 1
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             tail = framer.rest()
-            self._observe(lease, stats[stats.rfind(b"data: {"):], streamed=True)
         except _EventTooLargeError:
             tail = stream_error_event(self._dialect, self._too_large(lease, upstream, "an event"))
         except UpstreamError as exc:
             log.warning("stream from runner for %s broke: %s", lease.model, exc)
             tail = stream_error_event(self._dialect,
                                       f"runner for '{lease.model}' failed mid-stream: {exc}")
+        finally:
+            # Also when the client left at its [DONE], before the runner's stream ended (the
+            # OpenAI SDK closes then): what was generated was generated.
+            self._observe(lease, stats[stats.rfind(b"data: {"):], streamed=True)
         upstream.release()  # the runner is done (or gone) before the client has the end
         if self._metrics is not None:
             self._metrics.observe_writes(direct, queued)
@@ -668,7 +671,6 @@ class Relay:
                         await send({"type": "http.response.body", "body": body,
                                     "more_body": True})
             tail = translation.end()
-            self._observe(lease, stats, streamed=True)
         except _EventTooLargeError:
             tail = translation.failed(self._too_large(lease, upstream, "an event"))
         except UpstreamError as exc:
@@ -678,6 +680,8 @@ class Relay:
             log.warning("stream from runner for %s cannot be translated: %r", lease.model, exc)
             tail = translation.failed(f"runner for '{lease.model}' sent an event that cannot "
                                       f"be translated: {exc!r}")
+        finally:
+            self._observe(lease, stats, streamed=True)  # a client gone at the end, too
         upstream.release()  # the runner is done (or gone) before the client has the end
         await self._send_last(send, tail)
 
