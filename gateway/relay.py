@@ -206,6 +206,13 @@ class _LoadPinger:
                 await self._task
 
 
+def _with_slot(body: bytes, slot: int) -> bytes:
+    """The body sent to one slot of the runner: the one its restored cache is in."""
+    data = orjson.loads(body)
+    data["id_slot"] = slot
+    return orjson.dumps(data)
+
+
 def _server_timing(waited: float, loading: float) -> bytes:
     """The Server-Timing header value: time queued, and time loading the model, in ms."""
     queued = max(waited - loading, 0.0)
@@ -415,6 +422,10 @@ class Relay:
             if "lora" in data and not lease.path_prefix:
                 check_lora(lease.model, data, defaults.adapters)
             check_fits(lease.context, data, prompt_bytes)
+            if lease.prompt_cache:  # a fresh runner with caches saved: rare, so not cheap
+                slot = await self._service.restore_prompt(lease, self._path, self._body)
+                if slot is not None:
+                    self._body = _with_slot(self._body, slot)
             await self._forward(lease, send)
 
     async def _forward(self, lease: Lease, send: Send) -> None:

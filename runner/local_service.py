@@ -162,6 +162,11 @@ class LocalModelService:
                 keep_alive: float | None = None) -> AbstractAsyncContextManager[Lease]:
         return self.supervisor.acquire(model, options, keep_alive)
 
+    async def restore_prompt(self, lease: Lease, path: bytes, body: bytes) -> int | None:
+        if self._supervisor is None or lease.path_prefix:  # another node's runner: its own
+            return None
+        return await self._supervisor.restore_prompt(lease, path, body)
+
     def loaded(self) -> list[RunnerInfo]:
         return self.supervisor.loaded() if self._supervisor is not None else []
 

@@ -54,8 +54,9 @@ def _swa_layers(info: GGUFInfo, layers: int) -> int:
     return layers - layers // pattern
 
 
-def estimate(info: GGUFInfo, ctx_size: int, parallel: int) -> Estimate:
-    """Bytes a CPU runner of this model needs at ``ctx_size`` tokens over ``parallel`` slots."""
+def estimate(info: GGUFInfo, ctx_size: int, parallel: int, swa_full: bool = False) -> Estimate:
+    """Bytes a CPU runner of this model needs at ``ctx_size`` tokens over ``parallel`` slots
+    (``swa_full``: its sliding-window layers keep every cell, llama-server's ``--swa-full``)."""
     layers = info.arch_int("block_count")
     embd = info.arch_int("embedding_length")
     heads = max(info.arch_int("attention.head_count"), 1)
@@ -64,7 +65,8 @@ def estimate(info: GGUFInfo, ctx_size: int, parallel: int) -> Estimate:
     head_v = info.arch_int("attention.value_length") or embd // heads
     ctx = ctx_size or info.arch_int("context_length") or 4096
     swa = _swa_layers(info, layers)
-    swa_cells = min(ctx, info.arch_int("attention.sliding_window") * parallel + N_UBATCH)
+    swa_cells = ctx if swa_full else min(
+        ctx, info.arch_int("attention.sliding_window") * parallel + N_UBATCH)
     per_cell = kv_heads * (head_k + head_v) * KV_BYTES
     kv = ((layers - swa) * ctx + swa * swa_cells) * per_cell
     ff = info.arch_int("feed_forward_length") or 4 * embd
@@ -72,6 +74,13 @@ def estimate(info: GGUFInfo, ctx_size: int, parallel: int) -> Estimate:
     compute = N_UBATCH * (3 * ff + 8 * embd) * 4 + 2 * vocab * 4
     overhead = _BASE_OVERHEAD + vocab * _PER_TOKEN_OVERHEAD
     return Estimate(info.tensor_bytes, kv, compute, overhead)
+
+
+def full_swa_cost(info: GGUFInfo, ctx_size: int, parallel: int) -> int:
+    """What ``--swa-full`` adds to a runner's KV cache: 0 for a model without sliding-window
+    layers (it gains nothing either)."""
+    return (estimate(info, ctx_size, parallel, swa_full=True).kv_cache
+            - estimate(info, ctx_size, parallel).kv_cache)
 
 
 @dataclass(frozen=True)

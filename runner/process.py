@@ -68,7 +68,7 @@ _ALLOWED: dict[RunnerState, frozenset[RunnerState]] = {
 }
 
 
-def _loopback_client(timeout: float) -> httpx.AsyncClient:
+def loopback_client(timeout: float) -> httpx.AsyncClient:
     """A client for a runner's plain-HTTP loopback port. httpx builds a TLS context with the CA
     bundle for every client by default: 17 to 42 ms of blocked event loop here, on every cold
     start and every health check, for a context plain HTTP never uses."""
@@ -93,6 +93,9 @@ class LaunchSpec:
     projector: Path | None = None  # --mmproj
     draft: Path | None = None  # --model-draft
     adapters: tuple[tuple[Path, float], ...] = ()  # --lora-scaled, each with its scale
+    swa_full: bool = False  # --swa-full: what cache reuse and restore need on Gemma 2/3
+    cache_reuse: int = 0  # --cache-reuse chunk in tokens; 0: off
+    slot_save_path: Path | None = None  # --slot-save-path: where its slots' caches are saved
 
 
 def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
@@ -133,6 +136,12 @@ def build_argv(binary: Path, spec: LaunchSpec, port: int) -> list[str]:
             argv += ["--mmproj", str(spec.projector)]
         if spec.draft is not None:
             argv += ["--model-draft", str(spec.draft)]
+        if spec.swa_full and "--swa-full" not in spec.extra_args:
+            argv.append("--swa-full")
+        if spec.cache_reuse and "--cache-reuse" not in spec.extra_args:
+            argv += ["--cache-reuse", str(spec.cache_reuse)]
+        if spec.slot_save_path is not None:
+            argv += ["--slot-save-path", str(spec.slot_save_path)]
     if spec.adapters:
         argv += ["--lora-scaled", ",".join(f"{path}:{scale:g}" for path, scale in spec.adapters)]
     argv += spec.extra_args
@@ -352,7 +361,7 @@ class RunnerProcess:
         assert self._exited is not None
         url = f"{self.base_url}/health"
         began = time.monotonic()
-        async with _loopback_client(1.0) as client:
+        async with loopback_client(1.0) as client:
             while True:
                 if self._exited.done():
                     code = self._exited.result()
@@ -414,7 +423,7 @@ class RunnerProcess:
         if self._state is not RunnerState.READY:
             return False
         try:
-            async with _loopback_client(_HEALTH_TIMEOUT) as client:
+            async with loopback_client(_HEALTH_TIMEOUT) as client:
                 return (await client.get(f"{self.base_url}/health")).status_code == 200
         except httpx.HTTPError:
             return False

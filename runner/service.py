@@ -172,6 +172,12 @@ class ModelService(Protocol):
         """A ready runner for ``model`` (name or alias), held until the block exits."""
         ...
 
+    async def restore_prompt(self, lease: Lease, path: bytes, body: bytes) -> int | None:
+        """For a lease with ``prompt_cache``: restore the saved cache the request's prompt
+        extends into one of the runner's slots first, and say which slot the request must
+        name (``id_slot``); None to send it as it is."""
+        ...
+
     def loaded(self) -> list[RunnerInfo]:
         """Runners loaded now, in load order."""
         ...

@@ -75,6 +75,9 @@ class Lease:
     # The model's own system prompt, messages, stop words and adapter count, for the relay to
     # put into a request that brings none (a hop's: the serving node's lease has them).
     defaults: RequestDefaults = NO_DEFAULTS
+    # Its runner has slots untouched since it loaded and saved caches of its key: the relay
+    # asks ``ModelService.restore_prompt`` before sending the request.
+    prompt_cache: bool = False
 
     @property
     def base_url(self) -> str:

@@ -272,6 +272,19 @@ class Settings(BaseModel):
         2.0, ge=0, description="while a busy model is unloaded to make room, its new requests "
         "still join it for this long (the other model waits at most this, plus theirs); 0 = off"
     )
+    prompt_cache_budget: Bytes = Field(
+        4 * _GIB, ge=0, description="disk space for the prompt caches a runner's slots leave "
+        "when it unloads, restored when it loads again (least recently used go first); 0 = none"
+    )
+    swa_full_max: Bytes = Field(
+        512 * _MIB, ge=0, description="give a sliding-window model (Gemma 2/3) a full-size "
+        "cache, which prompt-cache reuse and restore need, when that costs at most this much "
+        "more memory; 0 = never"
+    )
+    cache_reuse: int = Field(
+        256, ge=0, description="shortest run of cached tokens a runner reuses at a shifted "
+        "position (llama-server's --cache-reuse); 0 = off"
+    )
     memory_budget: ByteSize = Field(
         None, description="bytes runners may use in all, e.g. '12GiB'; empty = this machine's RAM"
     )

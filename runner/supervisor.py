@@ -17,7 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runner.backends import EMBEDDED_META, BackendError, Backends
@@ -32,7 +32,14 @@ from runner.errors import (
 )
 from runner.events import EventBus
 from runner.gguf_header import GGUFError, cached_header, read_header
-from runner.memory import GpuMemory, estimate, gpu_memory_of, gpus, system_memory
+from runner.memory import (
+    GpuMemory,
+    estimate,
+    full_swa_cost,
+    gpu_memory_of,
+    gpus,
+    system_memory,
+)
 from runner.model_defaults import sampling_args
 from runner.model_source import resolve_template
 from runner.modes import RunnerMode
@@ -76,6 +83,7 @@ from runner.scheduler import (
 )
 from runner.service_types import ContextWindow, Lease, RunnerInfo, RunnerOptions, StartingRunner
 from runner.settings import ModelConfig, Settings, child_environment
+from runner.slot_keeper import RunnerSlots, SlotKeeper
 from runner.units import format_bytes
 from runner.variants import GpuInfo, order_variants, read_cpu_flags
 
@@ -114,6 +122,31 @@ def _companion_bytes(spec: LaunchSpec) -> int:
     return total
 
 
+def _has_swa(path: Path) -> bool:
+    try:
+        info = read_header(path)
+    except (GGUFError, OSError):
+        return False
+    return info.arch_int("attention.sliding_window") > 0
+
+
+def _wants_full_swa(path: Path, ctx_size: int, parallel: int, limit: int) -> bool:
+    """Whether a sliding-window model gets ``--swa-full``: it costs at most ``limit`` bytes
+    more (a model without such layers neither needs nor pays for it)."""
+    try:
+        cost = full_swa_cost(read_header(path), ctx_size, parallel)
+    except (GGUFError, OSError):
+        return False
+    return 0 < cost <= limit
+
+
+def _full_swa_bytes(spec: LaunchSpec) -> int:
+    try:
+        return full_swa_cost(read_header(spec.model_path), spec.ctx_size, spec.parallel)
+    except (GGUFError, OSError):
+        return 0
+
+
 def estimate_file(path: Path, ctx_size: int, parallel: int) -> int:
     """Bytes a runner of this GGUF needs; a header we cannot read counts as its file size plus
     a quarter (llama-server will then say what is wrong with the file)."""
@@ -147,6 +180,7 @@ class _Child:
     context: ContextWindow = field(default_factory=ContextWindow)
     timer: asyncio.TimerHandle | None = None
     gpu: int | None = None  # CUDA_VISIBLE_DEVICES: the one GPU a copy is pinned to
+    slots: RunnerSlots | None = None  # its saved prompt caches' key; None: it saves none
 
 
 class Supervisor:
@@ -207,6 +241,8 @@ class Supervisor:
         self._published_depth = 0
         self._closed = False
         self._device_count: int | None = None  # GPUs this machine's runners use, probed once
+        self._slot_keeper = SlotKeeper(settings.home / "prompt-cache",
+                                       settings.prompt_cache_budget)
 
     @property
     def loads(self) -> int:
@@ -372,14 +408,26 @@ class Supervisor:
         runner_id, waited_for_load = outcome
         child = self._children[runner_id]
         process = child.process
+        if child.slots is not None:
+            child.slots.used = True
         load = process.load_seconds if waited_for_load else 0.0
         try:
             yield Lease(canonical, model, "127.0.0.1", process.port, process.api_key,
                         relay_connections(process.spec.parallel),
                         max(time.perf_counter() - started - load, 0.0), load, child.context,
-                        self._node, defaults=config.request_defaults())
+                        self._node, defaults=config.request_defaults(),
+                        prompt_cache=child.slots is not None and bool(child.slots.blank))
         finally:
             self._feed(Released(request))
+
+    async def restore_prompt(self, lease: Lease, path: bytes, body: bytes) -> int | None:
+        """For a request on ``lease``'s runner while it has blank slots: the saved prompt cache
+        the request extends restored into one, and that slot (for ``id_slot``)."""
+        child = next((c for c in self._children.values()
+                      if c.process.port == lease.port and c.slots is not None), None)
+        if child is None or child.slots is None:
+            return None
+        return await self._slot_keeper.restore(child.process, child.slots, path, body)
 
     def _shape(self, config: ModelConfig, options: RunnerOptions) -> Shape:
         return Shape(
@@ -408,6 +456,8 @@ class Supervisor:
             need = await asyncio.to_thread(self._estimator, spec.model_path, spec.ctx_size,
                                            spec.parallel)
             need += await asyncio.to_thread(_companion_bytes, spec)
+            if spec.swa_full:
+                need += await asyncio.to_thread(_full_swa_bytes, spec)
             memory = self._sample_memory()
         except asyncio.CancelledError:
             raise
@@ -431,6 +481,10 @@ class Supervisor:
         pooling = None
         if shape.mode is RunnerMode.EMBEDDINGS:
             pooling = await asyncio.to_thread(_pooling_for, model_path)
+        generating = shape.mode is RunnerMode.CHAT
+        swa_full = "--swa-full" in shape.args or (generating and await asyncio.to_thread(
+            _wants_full_swa, model_path, shape.ctx_size, shape.parallel,
+            self._settings.swa_full_max))
         return LaunchSpec(
             model=canonical,
             model_path=model_path,
@@ -447,6 +501,11 @@ class Supervisor:
             projector=companions.projector,
             draft=companions.draft,
             adapters=companions.adapters,
+            swa_full=swa_full,
+            # Reuse shifts cached chunks, which a windowed cache cannot: llama-server would
+            # only warn that it is off.
+            cache_reuse=self._settings.cache_reuse if generating and (
+                swa_full or not _has_swa(model_path)) else 0,
         )
 
     def _launchers(self, backend: str) -> list[tuple[str, Callable[[], Path]]]:
@@ -502,9 +561,12 @@ class Supervisor:
         environment = child_environment()
         device = self._pin(key, config, environment)
         for variant, binary in self._launchers(config.backend):
+            executable = binary()
+            slots_key, slots_dir = await self._slots_key(executable, spec)
+            launched = spec if slots_dir is None else replace(spec, slot_save_path=slots_dir)
             process = self._factory(
-                spec,
-                binary(),
+                launched,
+                executable,
                 variant,
                 environment,
                 self._settings.load_timeout,
@@ -516,6 +578,9 @@ class Supervisor:
             self._publish_runner(key, process, "starting", estimated_bytes=need)
             try:
                 await process.start()
+                if slots_key is not None:
+                    self._children[runner_id].slots = await self._slot_keeper.restorable(
+                        slots_key, spec.parallel)
             except RunnerStartError as exc:
                 self._publish_runner(key, process, "failed", error=str(exc))
                 await process.stop()
@@ -530,6 +595,21 @@ class Supervisor:
                 raise
             return process
         raise NoRunnerError("no runner variant could start: " + "; ".join(errors))
+
+    async def _slots_key(self, binary: Path, spec: LaunchSpec) -> tuple[str | None,
+                                                                      Path | None]:
+        """The key a generating runner saves its slots under, and their directory; None for
+        one that saves none (no budget, embeddings or reranking, the user's own
+        --slot-save-path, or a home it cannot write to: the model still serves)."""
+        if not self._slot_keeper.enabled or spec.mode is not RunnerMode.CHAT \
+                or "--slot-save-path" in spec.extra_args:
+            return None, None
+        try:
+            key = await self._slot_keeper.key(binary, spec)
+            return key, self._slot_keeper.directory(key)
+        except OSError as exc:
+            log.warning("prompt cache off for %s: %s", spec.model, exc)
+            return None, None
 
     def _exited(self, runner_id: int, process: RunnerProcess) -> None:
         child = self._children.get(runner_id)
@@ -551,6 +631,8 @@ class Supervisor:
     async def _stop(self, effect: Stop, child: _Child) -> None:
         try:
             free_before = sum(g.free for g in self._gpu_probe()) if effect.vram else 0
+            if child.slots is not None and not effect.force:
+                await self._slot_keeper.save(child.process, child.slots)
             await child.process.stop(force=effect.force)
             self._gone(child.process)
             self._publish_runner(child.key, child.process, "stopped")

@@ -137,6 +137,10 @@ def main() -> None:
                                            "type": "authentication_error"}})
                 return
             base = {"id": "fake", "created": 0, "model": args.alias}
+            if self.path.startswith("/slots/"):  # as llama-server answers without a save path
+                self._json(501, {"error": {"code": 501, "message": "This server does not "
+                                           "support slots action.", "type": "not_supported_error"}})
+                return
             if args.fake_mode == "garbled" and not body.get("stream"):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -433,6 +433,9 @@ class FakeModelService:
             self.in_flight -= 1
             self.released += 1
 
+    async def restore_prompt(self, lease: Lease, path: bytes, body: bytes) -> int | None:
+        return None  # a fake runner saves no slots
+
     def loaded(self) -> list[RunnerInfo]:
         return list(self.runners)
 

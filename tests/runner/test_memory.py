@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from runner.gguf_header import GGUFInfo
-from runner.memory import estimate, gpu_library, gpus, system_memory
+from runner.memory import estimate, full_swa_cost, gpu_library, gpus, system_memory
 from runner.settings import load_settings, parse_bytes
 from runner.units import MiB, format_bytes
 
@@ -26,6 +26,17 @@ def test_estimate_kv_matches_llama_server_for_sliding_window_layers() -> None:
     # llama-server logs 24 MiB (3 global layers x 8192 cells) + 15 MiB (15 SWA layers x 1024).
     assert estimate(_info(**{"attention.sliding_window": 512}), 8192, 1).kv_cache == 39 * MiB
     assert estimate(_info(**{"attention.sliding_window": 512}), 2048, 1).kv_cache == 21 * MiB
+
+
+def test_swa_full_counts_every_cell_of_the_sliding_window_layers() -> None:
+    # --swa-full: llama-server sizes the 15 SWA layers like the 3 global ones (4096 cells).
+    info = _info(**{"attention.sliding_window": 512})
+    assert estimate(info, 4096, 1, swa_full=True).kv_cache == 18 * 4096 * 512 * 2
+    assert full_swa_cost(info, 4096, 1) == 15 * (4096 - 1024) * 512 * 2
+
+
+def test_swa_full_costs_nothing_for_a_model_without_sliding_window_layers() -> None:
+    assert full_swa_cost(_info(), 4096, 1) == 0
 
 
 def test_estimate_without_sliding_window_counts_every_layer_in_full() -> None:

@@ -95,6 +95,23 @@ def test_build_argv_loads_a_models_companions_and_sampling_defaults(tmp_path: Pa
     assert "--n-predict" not in embed and "--mmproj" not in embed  # generation's only
 
 
+def test_build_argv_passes_cache_flags_once_even_when_the_user_gives_them(
+        tmp_path: Path) -> None:
+    spec = LaunchSpec(model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1,
+                      swa_full=True, cache_reuse=256, slot_save_path=tmp_path / "slots")
+    argv = build_argv(tmp_path / "llama-server", spec, 1)
+    assert "--swa-full" in argv and argv[argv.index("--cache-reuse") + 1] == "256"
+    assert argv[argv.index("--slot-save-path") + 1] == str(tmp_path / "slots")
+    own = build_argv(tmp_path / "llama-server", LaunchSpec(
+        model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1, swa_full=True,
+        cache_reuse=256, extra_args=("--swa-full", "--cache-reuse", "64")), 1)
+    assert own.count("--swa-full") == 1 and own.count("--cache-reuse") == 1
+    assert own[own.index("--cache-reuse") + 1] == "64"
+    plain = build_argv(tmp_path / "llama-server", LaunchSpec(
+        model="m", model_path=tmp_path / "m.gguf", ctx_size=512, parallel=1), 1)
+    assert not {"--swa-full", "--cache-reuse", "--slot-save-path"} & set(plain)
+
+
 @pytest.mark.parametrize(("mode", "flags"), [
     (RunnerMode.CHAT, set()),
     (RunnerMode.EMBEDDINGS, {"--embeddings", "--pooling"}),

@@ -940,3 +940,27 @@ async def test_a_stopped_or_crashed_runners_output_can_still_be_read(tmp_path: P
     await _use(scheduler, "a")  # a new runner of the key: its own output, not the last one's
     assert scheduler.runner_output("a") == []
     await scheduler.close()
+
+
+async def test_a_sliding_window_model_gets_a_full_cache_when_cheap_and_it_is_counted(
+        tmp_path: Path, gemma_path: Path) -> None:
+    """--swa-full (what cache reuse and restore need on Gemma 3) within swa_full_max, with its
+    memory in the estimate; beyond it, neither the flag nor the reuse that needs it."""
+    needs = {}
+    for limit in (512 * MiB, MiB):
+        factory = Factory()
+        config = Settings(home=tmp_path, swa_full_max=limit,
+                          models={"g": ModelConfig(source=str(gemma_path), ctx_size=4096)})
+        supervisor = Supervisor(config, Payloads(root=tmp_path / "p", sources={},
+                                                 system_binary=tmp_path / "bin"),
+                                cpu_flags=frozenset(), runner_factory=factory,
+                                memory=lambda: (64 << 30, 64 << 30))
+        async with supervisor.acquire("g"):
+            (info,) = supervisor.loaded(sample=False)
+        await supervisor.close()
+        spec = factory.made[0].spec
+        assert spec.swa_full is (limit > MiB)
+        assert spec.cache_reuse == (256 if limit > MiB else 0)
+        needs[limit] = info.estimated_bytes
+    # 15 windowed layers of 1 KiB a cell, 4096 cells instead of 1024: 45 MiB more.
+    assert needs[512 * MiB] - needs[MiB] == 15 * (4096 - 1024) * 1024
