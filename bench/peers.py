@@ -778,13 +778,19 @@ def resumes(binary: Path, gguf: Path, template: Path, work: Path) -> dict[str, d
                     answer: dict[str, Any] = response.json()
                     return answer
 
-                try:
-                    ask(names[0], opening)
-                except httpx.TransportError as error:  # seen once from a peer's first request
-                    print(f"{peer.name}: {error!r} on the opening turn; retrying it once",
-                          file=sys.stderr)
-                    ask(names[0], opening)
-                ask(names[1], [{"role": "user", "content": "hi"}])  # a swapped out
+                def untimed(name: str, messages: list[dict[str, str]],
+                            peer: Peer = peer) -> None:
+                    # Twice in ~20 rounds a peer closed the connection of an untimed step
+                    # ("Server disconnected"); which one is not yet known, so it is named.
+                    try:
+                        ask(name, messages)
+                    except httpx.TransportError as error:
+                        print(f"resume bench: {peer.name} answered {error!r} for {name}; "
+                              "asking again once", file=sys.stderr)
+                        ask(name, messages)
+
+                untimed(names[0], opening)
+                untimed(names[1], [{"role": "user", "content": "hi"}])  # a swapped out
                 started = time.perf_counter()
                 answer = ask(names[0], resumed)
                 usage = answer["usage"]

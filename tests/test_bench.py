@@ -152,11 +152,13 @@ def test_make_bench_quick_measures_every_figure_on_the_real_payload_and_stops_it
     assert page.index("## Targets missed") < page.index("## Targets met")
     assert "llama-server 0." in page and "cores" in page  # the machine and versions
     for section in ("## 1. Latency", "## 2. Streaming", "## 3. Throughput", "## 4. Cold start",
-                    "## 5. Swap", "## 6. Gateway memory", "## 7. Pull"):
+                    "## 5. Swap", "## 5b. A conversation resumed", "## 6. Gateway memory",
+                    "## 7. Pull"):
         assert section in page
     for target in ("added latency p50", "added latency p99", "throughput at 16 clients",
                    "gateway RSS", "added latency on the model", "streaming tokens/s",
-                   "cold start:", "swap: switchboard", "console open"):
+                   "cold start:", "swap: switchboard", "console open",
+                   "resumed after a swap: switchboard", "saving a slot as its runner unloads"):
         assert f"- {target}" in page, target
     for row in ("| model, max_tokens=1 | router |", "| model, max_tokens=1 | switchboard |",
                 "| model, max_tokens=1, 16 clients | router |",
@@ -165,7 +167,8 @@ def test_make_bench_quick_measures_every_figure_on_the_real_payload_and_stops_it
         assert row in page, row
     samples = json.loads((tmp_path / "benchmarks.json").read_text())["samples"]
     for key in ("stub_latency_c1", "stub_latency_c16", "model_latency_c1", "model_latency_c16",
-                "streaming", "stub_throughput", "cold_start", "swap", "gateway_rss", "pull"):
+                "streaming", "stub_throughput", "cold_start", "swap", "resume", "gateway_rss",
+                "pull"):
         assert samples[key], key
     assert set(samples["model_latency_c1"]) == {"direct", "router", "switchboard"}
     assert all(len(v) >= 40 for v in samples["model_latency_c1"].values())
