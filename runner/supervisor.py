@@ -130,19 +130,11 @@ def _has_swa(path: Path) -> bool:
     return info.arch_int("attention.sliding_window") > 0
 
 
-def _wants_full_swa(path: Path, ctx_size: int, parallel: int, limit: int) -> bool:
-    """Whether a sliding-window model gets ``--swa-full``: it costs at most ``limit`` bytes
-    more (a model without such layers neither needs nor pays for it)."""
+def _full_swa_bytes(path: Path, ctx_size: int, parallel: int) -> int:
+    """What ``--swa-full`` adds to a runner of this GGUF; 0 for a model without sliding-window
+    layers (it neither needs nor pays for it) or a header we cannot read."""
     try:
-        cost = full_swa_cost(read_header(path), ctx_size, parallel)
-    except (GGUFError, OSError):
-        return False
-    return 0 < cost <= limit
-
-
-def _full_swa_bytes(spec: LaunchSpec) -> int:
-    try:
-        return full_swa_cost(read_header(spec.model_path), spec.ctx_size, spec.parallel)
+        return full_swa_cost(read_header(path), ctx_size, parallel)
     except (GGUFError, OSError):
         return 0
 
@@ -457,7 +449,8 @@ class Supervisor:
                                            spec.parallel)
             need += await asyncio.to_thread(_companion_bytes, spec)
             if spec.swa_full:
-                need += await asyncio.to_thread(_full_swa_bytes, spec)
+                need += await asyncio.to_thread(_full_swa_bytes, spec.model_path,
+                                                spec.ctx_size, spec.parallel)
             memory = self._sample_memory()
         except asyncio.CancelledError:
             raise
@@ -482,9 +475,9 @@ class Supervisor:
         if shape.mode is RunnerMode.EMBEDDINGS:
             pooling = await asyncio.to_thread(_pooling_for, model_path)
         generating = shape.mode is RunnerMode.CHAT
-        swa_full = "--swa-full" in shape.args or (generating and await asyncio.to_thread(
-            _wants_full_swa, model_path, shape.ctx_size, shape.parallel,
-            self._settings.swa_full_max))
+        swa_full = "--swa-full" in shape.args or (generating and 0 < await asyncio.to_thread(
+            _full_swa_bytes, model_path, shape.ctx_size, shape.parallel)
+            <= self._settings.swa_full_max)
         return LaunchSpec(
             model=canonical,
             model_path=model_path,
